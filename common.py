@@ -1,0 +1,265 @@
+"""What every script shares, written once: the config mechanism, user errors, runtime setup
+(device, dtype, DDP, seeding) and the checkpoint format.
+
+Config: each script declares a dataclass whose fields are its options, with `opt(default, help)`.
+`parse_config` fills it from an optional TOML file (`config/tiny.toml` or `--config=...`), then
+from `--key=value` (or `--key value`) overrides, checking every key and type; `--help` lists all.
+"""
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import field
+
+import torch
+import torch.distributed as dist
+
+
+class UserError(Exception):
+    """A mistake the user can fix; scripts print it as one line and exit with status 2."""
+
+
+def opt(default, help: str):
+    """A config field with its help text (lists get a default_factory)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _type_name(tp) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is list:
+        return f"list[{args[0].__name__}]"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return "|".join("none" if a is type(None) else _type_name(a) for a in args)
+    return tp.__name__
+
+
+def _convert(key: str, value, tp):
+    """`value` (a CLI string or a TOML value) as type `tp`, or a UserError naming the key."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        return _convert(key, value, next(a for a in args if a is not type(None)))
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise UserError(f"--{key} expects a comma-separated {_type_name(tp)}, got {value!r}")
+        return [_convert(key, v.strip() if isinstance(v, str) else v, args[0]) for v in items if v != ""]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise UserError(f"--{key} expects true or false, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"--{key} expects a string, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool) or (tp is int and isinstance(value, float)):
+            raise UserError(f"--{key} expects {tp.__name__}, got {value!r}")
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise UserError(f"--{key} expects {tp.__name__}, got {value!r}") from None
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def config_help(cls, prog: str) -> str:
+    hints = typing.get_type_hints(cls)
+    lines = [f"usage: {prog} [CONFIG.toml] [--key=value ...]", ""]
+    if cls.__doc__:
+        lines += [cls.__doc__.strip(), ""]
+    lines += ["options (defaults in brackets; a CONFIG.toml or --config=FILE sets keys before the overrides):"]
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        lines.append(f"  --{f.name}={_type_name(hints[f.name])}".ljust(34) + f" {f.metadata.get('help', '')} [{shown}]")
+    return "\n".join(lines)
+
+
+def parse_config(cls, argv: list[str] | None = None, prog: str | None = None):
+    """An instance of dataclass `cls` from a TOML file and --key=value overrides (see module doc)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or os.path.basename(sys.argv[0])
+    if "-h" in argv or "--help" in argv:
+        print(config_help(cls, prog))
+        sys.exit(0)
+    hints = typing.get_type_hints(cls)
+    values: dict = {}
+    pairs: list[tuple[str, object]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq:  # --key value, or a bare boolean flag
+                nxt = argv[i + 1] if i + 1 < len(argv) else None
+                if hints.get(key.replace("-", "_")) is bool and (nxt is None or nxt.startswith("--")):
+                    value = "true"
+                elif nxt is None or nxt.startswith("--"):
+                    raise UserError(f"--{key} needs a value (--{key}=VALUE); see {prog} --help")
+                else:
+                    value, i = nxt, i + 1
+            pairs.append((key.replace("-", "_"), value))
+        elif arg.endswith(".toml"):
+            pairs.insert(0, ("config", arg))
+        else:
+            raise UserError(f"unexpected argument {arg!r}; options look like --key=value (see {prog} --help)")
+        i += 1
+    for key, value in pairs:
+        if key == "config":
+            values.update(load_toml(cls, value))
+        elif key not in hints:
+            raise UserError(f"unknown option --{key}; see {prog} --help")
+        else:
+            values[key] = _convert(key, value, hints[key])
+    return cls(**values)
+
+
+def load_toml(cls, path: str) -> dict:
+    """Typed values of a TOML config file; every key must be a field of `cls`."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+    return {k: _convert(k, v, hints[k]) for k, v in raw.items()}
+
+
+def run_main(main, *args) -> None:
+    """Call main(*args); a UserError becomes one line on stderr and exit status 2."""
+    try:
+        main(*args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Where and how this process runs: device, autocast dtype, and its place in DDP."""
+    device: torch.device
+    dtype: torch.dtype
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        """bf16/fp16 autocast on GPU; plain float32 elsewhere."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def setup_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0) -> Runtime:
+    """Pick the device and dtype, join DDP if launched by torchrun (NCCL on GPU, gloo on CPU), seed."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device=cuda but no CUDA device is available; use --device=cpu")
+    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    if world > 1:
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    dev = torch.device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(seed)  # same on every rank: identical init (DDP also broadcasts rank 0's weights)
+    return Runtime(dev, getattr(torch, dtype), rank, local_rank, world)
+
+
+def teardown(rt: Runtime) -> None:
+    if rt.ddp and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(rt: Runtime, value: float) -> float:
+    """Mean of a scalar over DDP ranks (the value itself in a single process)."""
+    if not rt.ddp:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.item() / rt.world_size
+
+
+def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int) -> float:
+    """Linear warmup, then cosine decay to min_lr at decay_steps, then min_lr."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    if step >= decay_steps:
+        return min_lr
+    ratio = (step - warmup) / max(1, decay_steps - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+# One format for every script: {"model": state_dict, "optimizer": state_dict | None, "meta": dict}
+# of tensors and plain Python values only, so torch.load(weights_only=True) reads it (no pickle).
+
+def save_checkpoint(path: str, model: torch.nn.Module, optimizer, meta: dict) -> None:
+    """Write atomically: a temp file, fsync, then rename, so a kill never leaves a broken checkpoint."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None, "meta": meta}
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, device: str | torch.device = "cpu") -> dict:
+    """A checkpoint written by save_checkpoint, or a UserError saying what is wrong with the file."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickled objects: all unusable
+        raise UserError(f"checkpoint {path} is corrupt or not a pausegpt checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or not {"model", "meta"} <= set(ckpt):
+        raise UserError(f"checkpoint {path} is not a pausegpt checkpoint (no model/meta)")
+    return ckpt
+
+
+def rng_state() -> dict:
+    """Torch RNG states (dropout), saved so that a resumed run continues bit for bit."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

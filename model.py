@@ -1,0 +1,223 @@
+"""GPT-2-style decoder with a <pause> token id in its config, a KV cache for incremental decoding and
+key masks for left-padded batches. Read top to bottom; the method itself lives in the data (targets -1).
+
+References: karpathy/nanoGPT model.py; GPT-2 (Radford et al., 2019); Goyal et al., ICLR 2024 (pause tokens).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+# Dense bf16 tensor-core peak per GPU (NVIDIA datasheets); first substring of the device name that matches wins.
+PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 + <pause> (50257), padded to a multiple of 64
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linears and LayerNorms (GPT-2 has them; without is a bit better and faster)
+    pause_id: int = 50257  # the <pause> token's id: a config field, never a magic number elsewhere
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, each (n_layer, B, n_head, max_len, head_dim).
+
+    The first `pos` positions are filled; setting `pos` back rewinds (later slots are overwritten)."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.size(1)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.size(3)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_head, T, head_dim) at pos..pos+T-1 of `layer`; return that layer's keys, values so far."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v of all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout, self.layer = config.n_head, config.n_embd, config.dropout, layer
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        # No mask: either a fresh chunk (plain causal, the fast path) or one new token that may see all the past.
+        # (SDPA's is_causal aligns top-left, so it is only right when keys and queries start together.)
+        is_causal = attn_mask is None and k.size(2) == T
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if config.n_embd % config.n_head != 0:
+            raise ValueError(f"n_embd={config.n_embd} is not a multiple of n_head={config.n_head}")
+        if not 0 <= config.pause_id < config.vocab_size:
+            raise ValueError(f"pause_id={config.pause_id} is outside the vocabulary 0..{config.vocab_size - 1}")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied: the <pause> row is both its input and output vector
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # residual projections, scaled as in GPT-2
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; non_embedding leaves out the position embeddings (token ones are tied to lm_head)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `max_len` positions, on the model's device and dtype."""
+        c, w = self.config, self.lm_head.weight
+        return KVCache(c.n_layer, batch_size, c.n_head, max_len, c.n_embd // c.n_head, w.device, w.dtype)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Float32 logits (B, T, vocab) at every position, and the mean cross-entropy over targets != -1 (or None).
+
+        With `cache`, idx continues the cached sequence; `key_mask` (B, cache.pos+T) is False at left padding."""
+        B, T = idx.size()
+        past = 0 if cache is None else cache.pos
+        L = past + T
+        if L > self.config.block_size:
+            raise ValueError(f"sequence of {L} positions is longer than block_size={self.config.block_size}")
+        if cache is not None and (L > cache.max_len or B != cache.batch_size):
+            raise ValueError(f"cache holds {cache.batch_size} rows x {cache.max_len} positions; "
+                             f"cannot add {B} rows x {T} to its {past} filled positions")
+        if key_mask is None:
+            pos = torch.arange(past, L, device=idx.device)
+            attn_mask = None if past == 0 or T == 1 else self._causal_mask(past, T, idx.device)
+        else:
+            if key_mask.dtype != torch.bool or key_mask.shape != (B, L):
+                raise ValueError(f"key_mask must be a bool tensor of shape ({B}, {L}), got "
+                                 f"{key_mask.dtype} {tuple(key_mask.shape)}")
+            # positions count from each row's first real token, so left padding does not shift them
+            pos = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            diagonal = torch.arange(L, device=idx.device) == torch.arange(past, L, device=idx.device)[:, None]
+            # a padded query sees only itself (nothing real reads it): some SDPA kernels give NaN for a row of all -inf
+            attn_mask = ((self._causal_mask(past, T, idx.device) & key_mask[:, None, :]) | diagonal)[:, None]
+
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, cache, attn_mask)
+        if cache is not None:
+            cache.pos = L
+        logits = self.lm_head(self.transformer.ln_f(x)).float()
+        loss = None
+        if targets is not None:  # pause targets (and anything else not to be learned) are -1 in the data
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @staticmethod
+    def _causal_mask(past: int, T: int, device: torch.device) -> torch.Tensor:
+        """(T, past+T) bool: query i (at position past+i) may see keys 0..past+i."""
+        return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+    def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
+                             device_type: str) -> torch.optim.AdamW:
+        """AdamW with weight decay on matrices and embeddings (dim >= 2) only, not on biases and LayerNorm gains."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    def estimate_mfu(self, tokens_per_sec: float, device: torch.device | str) -> float | None:
+        """Training model flops utilization (fraction of the GPU's bf16 peak); None off CUDA or on an unknown GPU."""
+        device = torch.device(device)
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name(device)
+        peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+        if peak is None:
+            return None
+        c = self.config
+        # PaLM appendix B: 6N for the matmuls (forward + backward) plus the attention scores over the context
+        flops_per_token = 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+        return tokens_per_sec * flops_per_token / peak

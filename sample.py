@@ -1,0 +1,124 @@
+"""Sample from a checkpoint with pause-inference: the prompt is followed by --m_inf pauses, every
+output before the last pause is ignored, and <pause> is never emitted.
+
+    python sample.py --ckpt=out/pause/ckpt.pt --prompt="Question: gap 5 9 1\nAnswer:" --m_inf=10
+"""
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from common import UserError, load_checkpoint, opt, parse_config, run_main, setup_runtime
+from model import GPT, GPTConfig
+from tokenizer import from_meta
+
+
+@dataclass
+class SampleConfig:
+    """Generate text from a checkpoint, with M_inf pauses appended to the prompt."""
+    ckpt: str = opt("out/pretrain/ckpt.pt", "checkpoint to sample from")
+    prompt: str = opt("\n", "the prompt (\\n is a newline); FILE:path reads it from a file")
+    m_inf: int = opt(-1, "pauses appended to the prompt (-1 = the checkpoint's m_ft, 0 for a pretrained one)")
+    num_samples: int = opt(1, "samples to draw (decoded together as one batch)")
+    max_new_tokens: int = opt(64, "tokens to generate after the pauses (clipped to the block size)")
+    temperature: float = opt(0.8, "softmax temperature; 0 = greedy")
+    top_k: int = opt(0, "keep only the k most likely tokens (0 = all)")
+    stop_at_eot: bool = opt(True, "stop a sample at the end-of-text token")
+    seed: int = opt(1337, "sampling seed")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
+    bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
+
+
+def load_model(path: str, device, bpe_file: str | None = None) -> tuple[GPT, object, dict]:
+    """(model in eval mode, its tokenizer, checkpoint meta) from any pausegpt checkpoint."""
+    ckpt = load_checkpoint(path, device)
+    meta = ckpt["meta"]
+    if "model" not in meta or "tokenizer" not in meta:
+        raise UserError(f"checkpoint {path} has no model config or tokenizer in its meta")
+    model = GPT(GPTConfig(**meta["model"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path}: weights do not match its config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), from_meta(meta["tokenizer"], bpe_file), meta
+
+
+def with_pauses(ids: list[int], m: int, pause_id: int, prepend: bool = False) -> list[int]:
+    """The prompt followed by m pauses: where PauseFT and pause-inference put them (the ablations
+    pass a filler token's id as pause_id, or prepend=True to put them before the prompt)."""
+    if m < 0:
+        raise UserError(f"the number of pauses must be >= 0, got {m}")
+    return [pause_id] * m + list(ids) if prepend else list(ids) + [pause_id] * m
+
+
+@torch.no_grad()
+def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, vocab_size: int, temperature: float = 0.0,
+             top_k: int = 0, stop_id: int | None = None, use_cache: bool = True,
+             generator: torch.Generator | None = None) -> list[list[int]]:
+    """Decode a batch of prompts (each already ending with its pauses), left-padded together.
+    Only logits after the last prompt token are read; <pause> and the padded vocab slots are
+    masked, so they are never emitted. Returns the new tokens of each row, cut before stop_id."""
+    device, block = model.lm_head.weight.device, model.config.block_size
+    longest = max(len(p) for p in prompts)
+    if longest > block:
+        raise UserError(f"a prompt with its pauses is {longest} tokens, more than the block size {block}")
+    max_new_tokens = min(max_new_tokens, block - longest)
+    idx = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), longest, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):  # left padding: every row's last prompt token is in the last column
+        idx[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, longest - len(p):] = True
+    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
+    banned[vocab_size:] = True
+    banned[model.config.pause_id] = True  # never emit <pause>
+    cache = model.new_cache(len(prompts), longest + max_new_tokens) if use_cache else None
+    out = torch.empty(len(prompts), 0, dtype=torch.long, device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    step_input = idx  # the prefill: prompt and pauses in one pass
+    for _ in range(max_new_tokens):
+        if use_cache:
+            logits, _ = model(step_input, cache=cache, key_mask=mask)
+        else:
+            logits, _ = model(torch.cat([idx, out], 1), key_mask=mask)
+        logits = logits[:, -1, :].float().masked_fill(banned, float("-inf"))
+        if temperature <= 0:
+            nxt = logits.argmax(-1)
+        else:
+            logits = logits / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
+        out = torch.cat([out, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        step_input = nxt[:, None]
+        if stop_id is not None:
+            done |= nxt == stop_id
+            if done.all():
+                break
+    rows = out.tolist()
+    return [r[:r.index(stop_id)] if stop_id in r else r for r in rows]
+
+
+def main(cfg: SampleConfig) -> None:
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    model, tok, meta = load_model(cfg.ckpt, rt.device, cfg.bpe_file or None)
+    m_inf = cfg.m_inf if cfg.m_inf >= 0 else meta.get("m_ft", 0)
+    text = cfg.prompt
+    if text.startswith("FILE:"):
+        with open(text[5:], encoding="utf-8") as f:
+            text = f.read()
+    text = text.replace("\\n", "\n")
+    prompt = with_pauses(tok.encode(text), m_inf, tok.pause_id)
+    gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
+    with rt.autocast():
+        rows = generate(model, [prompt] * cfg.num_samples, cfg.max_new_tokens, tok.vocab_size, cfg.temperature,
+                        cfg.top_k, tok.eot_id if cfg.stop_at_eot else None, generator=gen)
+    for i, row in enumerate(rows):
+        print(f"--- sample {i} (m_inf={m_inf})", file=sys.stderr)
+        print(tok.decode(prompt) + tok.decode(row))
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(parse_config(SampleConfig, prog="sample.py")))

@@ -1,0 +1,170 @@
+"""model.py: masked loss, pause gradients, KV cache, left-padding masks, init, optimizer groups."""
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import GPT, GPTConfig  # noqa: E402
+
+PAUSE = 63
+
+
+def tiny(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, pause_id=PAUSE)
+    return GPT(GPTConfig(**(cfg | kw))).eval()
+
+
+def tokens(*shape: int, seed: int = 1) -> torch.Tensor:
+    """Random non-pause tokens."""
+    return torch.randint(0, PAUSE, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_loss_is_mean_cross_entropy_over_kept_targets():
+    model = tiny()
+    idx, targets = tokens(3, 16), tokens(3, 16, seed=2)
+    targets[0, :5] = targets[2, 7:] = -1
+    logits, loss = model(idx, targets)
+    log_probs = logits - logits.exp().sum(-1, keepdim=True).log()
+    kept = targets != -1
+    expected = -log_probs[kept].gather(1, targets[kept][:, None]).mean()
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def _pause_row_grads(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tied <pause> row's gradient, split into (through the input embedding, through the output layer)."""
+    seen = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        seen.update(h=inputs[0], logits=output)
+
+    handle = model.lm_head.register_forward_hook(keep)
+    model.zero_grad()
+    model(idx, targets)[1].backward()
+    handle.remove()
+    output_part = (seen["logits"].grad[..., PAUSE, None] * seen["h"]).sum((0, 1))
+    return (model.lm_head.weight.grad[PAUSE] - output_part).detach(), output_part.detach()
+
+
+def test_pause_embedding_is_trained_through_pause_inputs():
+    idx, targets = tokens(2, 16), tokens(2, 16, seed=2)
+    idx[:, [3, 4, 9]] = PAUSE
+    targets[:, [2, 3, 8]] = -1  # every pause target is ignored, as the data loader does
+    input_part, _ = _pause_row_grads(tiny(), idx, targets)
+    assert input_part.abs().max() > 1e-3
+
+
+def test_pause_embedding_gets_no_input_gradient_without_pause_inputs():
+    input_part, output_part = _pause_row_grads(tiny(), tokens(2, 16), tokens(2, 16, seed=2))
+    assert input_part.abs().max() < 1e-7  # float rounding only
+    assert output_part.abs().max() > 1e-3  # still pushed down by every softmax denominator
+
+
+def test_prefill_then_decode_matches_full_forward():
+    model, idx = tiny(), tokens(2, 18)
+    full, _ = model(idx)
+    cache = model.new_cache(2, 32)
+    steps = [model(idx[:, :10], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(10, 18)]
+    assert cache.pos == 18
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_chunked_decode_matches_full_forward():
+    model, idx = tiny(), tokens(1, 20)
+    cache = model.new_cache(1, 32)
+    chunks = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 7), (7, 12), (12, 20)]]
+    assert torch.allclose(torch.cat(chunks, 1), model(idx)[0], atol=1e-5)
+
+
+def test_greedy_with_cache_equals_greedy_by_recomputation():
+    model, prompt = tiny(), tokens(1, 6)
+    slow = prompt
+    for _ in range(12):
+        slow = torch.cat([slow, model(slow)[0][:, -1:].argmax(-1)], 1)
+    cache = model.new_cache(1, 32)
+    logits, _ = model(prompt, cache=cache)
+    fast = prompt
+    for _ in range(12):
+        nxt = logits[:, -1:].argmax(-1)
+        fast = torch.cat([fast, nxt], 1)
+        logits, _ = model(nxt, cache=cache)
+    assert fast.tolist() == slow.tolist()
+
+
+def _left_padded(prompts: list[torch.Tensor], pad: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), width), pad)
+    key_mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        idx[row, width - len(p):], key_mask[row, width - len(p):] = p, True
+    return idx, key_mask
+
+
+def test_left_padded_batch_matches_each_prompt_alone():
+    model = tiny()
+    prompts = [tokens(n, seed=n) for n in (5, 9, 7)]
+    idx, key_mask = _left_padded(prompts)
+    logits, _ = model(idx, key_mask=key_mask)
+    for row, p in enumerate(prompts):
+        alone, _ = model(p[None])
+        assert torch.allclose(logits[row, -len(p):], alone[0], atol=1e-5)
+
+
+def test_left_padded_decode_with_cache_matches_each_prompt_alone():
+    model = tiny()
+    prompts, extra = [tokens(n, seed=n) for n in (5, 9, 7)], tokens(3, 4, seed=7)
+    idx, key_mask = _left_padded(prompts)
+    cache = model.new_cache(3, 16)
+    batch = [model(idx, cache=cache, key_mask=key_mask)[0][:, -1]]
+    for t in range(4):
+        key_mask = torch.cat([key_mask, torch.ones(3, 1, dtype=torch.bool)], 1)
+        batch.append(model(extra[:, t:t + 1], cache=cache, key_mask=key_mask)[0][:, -1])
+    for row, p in enumerate(prompts):
+        alone_cache = model.new_cache(1, 16)
+        alone = [model(p[None], cache=alone_cache)[0][0, -1]]
+        alone += [model(extra[row:row + 1, t:t + 1], cache=alone_cache)[0][0, -1] for t in range(4)]
+        assert torch.allclose(torch.stack([b[row] for b in batch]), torch.stack(alone), atol=1e-5)
+
+
+def test_residual_projections_have_scaled_init():
+    model = tiny(n_layer=2)
+    std = model.transformer.h[1].mlp.c_proj.weight.std().item()
+    assert std == pytest.approx(0.02 / math.sqrt(2 * 2), rel=0.1)
+
+
+def test_input_and_output_embeddings_are_tied():
+    model = tiny()
+    assert model.transformer.wte.weight.data_ptr() == model.lm_head.weight.data_ptr()
+
+
+def test_weight_decay_only_on_matrices():
+    model = tiny(bias=True)
+    decay, no_decay = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu").param_groups
+    matrices = {id(p) for p in model.parameters() if p.dim() >= 2}
+    assert {id(p) for p in decay["params"]} == matrices and decay["weight_decay"] == 0.1
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in model.parameters()} - matrices
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+
+
+def test_mfu_is_undefined_on_cpu():
+    assert tiny().estimate_mfu(1e4, "cpu") is None
+
+
+def test_cache_overflow_raises():
+    model = tiny()
+    cache = model.new_cache(1, 8)
+    model(tokens(1, 6), cache=cache)
+    with pytest.raises(ValueError):
+        model(tokens(1, 3), cache=cache)
+
+
+def test_cache_past_block_size_raises():
+    model = tiny()
+    cache = model.new_cache(1, 64)
+    model(tokens(1, 30), cache=cache)
+    with pytest.raises(ValueError):
+        model(tokens(1, 3), cache=cache)
