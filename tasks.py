@@ -1,0 +1,397 @@
+"""The nine downstream tasks: their official files read as published, turned into finetuning pairs
+(prefix, target) and evaluation items, plus the metrics (SQuAD-style EM/F1, GSM8K's `#### N`).
+
+Decode tasks are answered by greedy decoding and scored with EM (and F1 for SQuAD/CoQA); scored
+tasks (PIQA, HellaSwag) compare the log-likelihood of each choice (acc, acc_norm). Prompts follow
+EleutherAI's lm-evaluation-harness. A prefix never ends in a space; targets and choices start
+with one. Every task has a "train" and an "eval" split in `TASKS[name].files` (LAMBADA: eval only).
+"""
+import bz2
+import gzip
+import json
+import math
+import os
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+
+from common import UserError
+
+
+@dataclass
+class Example:
+    prefix: str  # the prompt, e.g. "Question: ...\nAnswer:"
+    target: str  # gold continuation to finetune on (scored tasks: the right choice)
+    answers: list[str] = field(default_factory=list)  # decode tasks: gold answers for EM/F1
+    choices: list[str] = field(default_factory=list)  # scored tasks: continuations to score
+    label: int = -1  # scored tasks: index of the right choice
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str  # "decode" or "scored"
+    metrics: tuple[str, ...]
+    stop: tuple[str, ...]  # a decoded answer ends at the first of these (see truncate)
+    files: dict  # split -> (url, sha256 or None, filename); "eval_labels"/"train_labels" for PIQA
+
+
+# sha256 values are those recorded in Hugging Face datasets' dataset_infos.json for the same files.
+_GSM = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/"
+_SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
+_CSQA = "https://s3.amazonaws.com/commensenseqa/"
+_PIQA = "https://yonatanbisk.com/piqa/data/"
+_HS = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/"
+# WebQuestions as released with SEMPRE by its authors (bz2; load_task reads it compressed or not).
+_WEBQ = "https://nlp.stanford.edu/static/software/sempre/release-emnlp2013/lib/data/webquestions/dataset_11/"
+_NQ = "https://raw.githubusercontent.com/google-research-datasets/natural-questions/master/nq_open/"
+_EM, _EMF1, _ACC = ("em",), ("em", "f1"), ("acc", "acc_norm")
+
+TASKS: dict[str, TaskSpec] = {s.name: s for s in [
+    TaskSpec("gsm8k", "decode", _EM, ("\n\n", "Question:"), {
+        "train": (_GSM + "train.jsonl", "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+                  "train.jsonl"),
+        "eval": (_GSM + "test.jsonl", "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+                 "test.jsonl")}),
+    TaskSpec("squad", "decode", _EMF1, ("\n",), {
+        "train": (_SQUAD + "train-v1.1.json", "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955",
+                  "train-v1.1.json"),
+        "eval": (_SQUAD + "dev-v1.1.json", "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
+                 "dev-v1.1.json")}),
+    TaskSpec("coqa", "decode", _EMF1, ("\n",), {
+        "train": ("https://nlp.stanford.edu/data/coqa/coqa-train-v1.0.json",
+                  "b0fdb2bc1bd38dd3ca2ce5fa2ac3e02c6288ac914f241ac409a655ffb6619fa6", "coqa-train-v1.0.json"),
+        "eval": ("https://nlp.stanford.edu/data/coqa/coqa-dev-v1.0.json",
+                 "dfa367a9733ce53222918d0231d9b3bedc2b8ee831a2845f62dfc70701f2540a", "coqa-dev-v1.0.json")}),
+    TaskSpec("commonsenseqa", "decode", _EM, ("\n",), {
+        "train": (_CSQA + "train_rand_split.jsonl", "58ffa3c8472410e24b8c43f423d89c8a003d8284698a6ed7874355dedd09a2fb",
+                  "train_rand_split.jsonl"),
+        "eval": (_CSQA + "dev_rand_split.jsonl", "3210497fdaae614ac085d9eb873dd7f4d49b6f965a93adadc803e1229fd8a02a",
+                 "dev_rand_split.jsonl")}),
+    TaskSpec("piqa", "scored", _ACC, (), {
+        "train": (_PIQA + "train.jsonl", None, "train.jsonl"),
+        "train_labels": (_PIQA + "train-labels.lst", None, "train-labels.lst"),
+        "eval": (_PIQA + "valid.jsonl", None, "valid.jsonl"),
+        "eval_labels": (_PIQA + "valid-labels.lst", None, "valid-labels.lst")}),
+    TaskSpec("hellaswag", "scored", _ACC, (), {
+        "train": (_HS + "hellaswag_train.jsonl", "dae5e69249868cb9fe4e23ff925c60b66169564cfb7072d793cd7356a2b69f8d",
+                  "hellaswag_train.jsonl"),
+        "eval": (_HS + "hellaswag_val.jsonl", "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588",
+                 "hellaswag_val.jsonl")}),
+    # A generated word is followed by a space or a newline; a trailing "." is dropped by normalize_answer.
+    TaskSpec("lambada", "decode", _EM, (" ", "\n"), {
+        "eval": ("https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl", None,
+                 "lambada_test.jsonl")}),
+    TaskSpec("webquestions", "decode", _EM, ("\n",), {
+        "train": (_WEBQ + "webquestions.examples.train.json.bz2", None, "webquestions.examples.train.json.bz2"),
+        "eval": (_WEBQ + "webquestions.examples.test.json.bz2", None, "webquestions.examples.test.json.bz2")}),
+    TaskSpec("nq_open", "decode", _EM, ("\n",), {
+        "train": (_NQ + "NQ-open.train.jsonl", "0c93aaf13b12f855628489665e4ef85ffb8573ad444646f11f4fabdc57a0aabf",
+                  "NQ-open.train.jsonl"),
+        "eval": (_NQ + "NQ-open.dev.jsonl", "f15567f38099f3615f5b8a685c0aef449c11ad90d3da3735e8d1b98115b40616",
+                 "NQ-open.dev.jsonl")}),
+]}
+
+
+def get_spec(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+# -------------------------------------------------------------------------- reading the files
+
+def default_path(name: str, split: str) -> str:
+    """Where `download_task` puts a split's file: data/tasks/NAME/<official file name>."""
+    spec = get_spec(name)
+    if split not in spec.files:
+        raise UserError(f"{name} has no official {split} split; pass the file with --task_file")
+    return os.path.join("data", "tasks", name, spec.files[split][2])
+
+
+def _read_text(path: str) -> str:
+    """The file's text; .bz2 and .gz are read compressed (the WebQuestions release is bz2)."""
+    opener = bz2.open if path.endswith(".bz2") else gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UserError(f"task file {path} does not exist (tasks.download_task fetches the official files)") from None
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise UserError(f"task file {path} cannot be read: {e}") from None
+
+
+def _jsonl(path: str) -> list[tuple[str, object]]:
+    records = []
+    for i, line in enumerate(_read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                records.append((f"line {i}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
+    return records
+
+
+def _json(path: str):
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def _json_items(path: str, key: str | None) -> list[tuple[str, object]]:
+    """The items of the file's top-level list (key=None) or of its list under `key`."""
+    obj = _json(path)
+    items = obj if key is None else obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(items, list):
+        raise UserError(f"{path}: expected {'a JSON list' if key is None else f'an object with a list {key!r}'}")
+    return [(f"{key or 'item'}[{i}]", item) for i, item in enumerate(items)]
+
+
+def _piqa_records(path: str) -> list[tuple[str, object]]:
+    """PIQA's jsonl with its label file: `valid.jsonl` finds `valid-labels.lst` beside it,
+    or pass both as "questions.jsonl:labels.lst"."""
+    if ":" in path and not os.path.exists(path):
+        path, labels_path = path.rsplit(":", 1)
+    else:
+        labels_path = re.sub(r"\.jsonl$", "", path) + "-labels.lst"
+    records = _jsonl(path)
+    labels = [s.strip() for s in _read_text(labels_path).splitlines() if s.strip()]
+    if len(labels) != len(records):
+        raise UserError(f"{labels_path} has {len(labels)} labels but {path} has {len(records)} questions")
+    for i, s in enumerate(labels):
+        if s not in ("0", "1"):
+            raise UserError(f"{labels_path}, line {i + 1}: label {s!r} is not 0 or 1")
+    return [(where, dict(rec, label=int(s)) if isinstance(rec, dict) else rec)
+            for (where, rec), s in zip(records, labels)]
+
+
+def _s(d: dict, key: str) -> str:
+    value = d[key]
+    if not isinstance(value, str):
+        raise TypeError(f"field {key!r} is not a string")
+    return value
+
+
+# --------------------------------------------------------------------- one record -> examples
+
+def _gsm8k(r: dict) -> list[Example]:
+    answer = _s(r, "answer")
+    number = gsm8k_number(answer)
+    if number is None:
+        raise ValueError("answer has no '#### N'")
+    return [Example(f"Question: {_s(r, 'question')}\nAnswer:", " " + answer, [number])]
+
+
+def _squad(article: dict) -> list[Example]:
+    out = []
+    for p in article["paragraphs"]:
+        for qa in p["qas"]:
+            golds = list(dict.fromkeys(_s(a, "text") for a in qa["answers"]))
+            prefix = (f"Title: {_s(article, 'title')}\n\nBackground: {_s(p, 'context')}\n\n"
+                      f"Question: {_s(qa, 'question')}\n\nAnswer:")
+            out.append(Example(prefix, " " + golds[0], golds))
+    return out
+
+
+def _coqa(doc: dict) -> list[Example]:
+    """One example per turn; the prefix holds the story and the earlier turns (lm-eval's format)."""
+    questions = [_s(q, "input_text") for q in doc["questions"]]
+    answers = [_s(a, "input_text") for a in doc["answers"]]
+    if len(questions) != len(answers):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    extra = list((doc.get("additional_answers") or {}).values())  # dev only: 3 more answers per turn
+    out, history = [], _s(doc, "story") + "\n\n"
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        golds: list[str] = []
+        for g in [a] + [_s(alt[i], "input_text") for alt in extra]:
+            if all(g.lower() != seen.lower() for seen in golds):  # as lm-eval: drop case-blind repeats
+                golds.append(g)
+        out.append(Example(history + f"Q: {q}\n\nA:", " " + a, golds))
+        history += f"Q: {q}\n\nA: {a}\n\n"
+    return out
+
+
+def _commonsenseqa(r: dict) -> list[Example]:
+    """Decoded, as in the paper: the prompt lists the labelled choices, the target is the right
+    choice's text; EM accepts that text or its bare label (see score_decode)."""
+    q = r["question"]
+    choices = [(_s(c, "label"), _s(c, "text")) for c in q["choices"]]
+    key = _s(r, "answerKey")
+    text = next((t for lab, t in choices if lab == key), None)
+    if text is None:
+        raise ValueError(f"answerKey {key!r} is not a choice label")
+    listed = "".join(f"{lab}. {t}\n" for lab, t in choices)
+    return [Example(f"Question: {_s(q, 'stem')}\n{listed}Answer:", " " + text, [text, key])]
+
+
+def _piqa(r: dict) -> list[Example]:
+    choices = [" " + _s(r, "sol1"), " " + _s(r, "sol2")]
+    return [Example(f"Question: {_s(r, 'goal')}\nAnswer:", choices[r["label"]], [], choices, r["label"])]
+
+
+def _hellaswag_clean(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")  # brackets are WikiHow artifacts (lm-eval)
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def _hellaswag(r: dict) -> list[Example]:
+    ctx = _s(r, "ctx_a") + " " + _s(r, "ctx_b").capitalize() if "ctx_a" in r else _s(r, "ctx")
+    choices = [" " + _hellaswag_clean(e) for e in r["endings"]]
+    label = int(r["label"])
+    if not 0 <= label < len(choices):
+        raise ValueError(f"label {label} out of range")
+    prefix = _hellaswag_clean(f"{_s(r, 'activity_label')}: {ctx}")
+    return [Example(prefix, choices[label], [], choices, label)]
+
+
+def _lambada(r: dict) -> list[Example]:
+    prefix, word = _s(r, "text").rsplit(" ", 1)
+    return [Example(prefix, " " + word, [word])]
+
+
+def webquestions_answers(target_value: str) -> list[str]:
+    """All descriptions in a targetValue like '(list (description "Jazmine Sullivan") (description Jamaica))'."""
+    found = re.findall(r'\(description\s+(?:"((?:[^"\\]|\\.)*)"|([^()"]+?))\s*\)', target_value)
+    return [re.sub(r"\\(.)", r"\1", quoted) if quoted else bare for quoted, bare in found]
+
+
+def _webquestions(r: dict) -> list[Example]:
+    answers = webquestions_answers(_s(r, "targetValue"))
+    if not answers:
+        raise ValueError("targetValue has no (description ...)")
+    return [Example(f"Question: {_s(r, 'utterance')}\nAnswer:", " " + answers[0], answers)]
+
+
+def _nq_open(r: dict) -> list[Example]:
+    answers = r["answer"]
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        raise TypeError("field 'answer' is not a list of strings")
+    return [Example(f"Q: {_s(r, 'question')}?\nA:", " " + answers[0], answers)]
+
+
+_READERS = {  # name -> (records of the file, one record -> examples)
+    "gsm8k": (_jsonl, _gsm8k),
+    "squad": (lambda p: _json_items(p, "data"), _squad),
+    "coqa": (lambda p: _json_items(p, "data"), _coqa),
+    "commonsenseqa": (_jsonl, _commonsenseqa),
+    "piqa": (_piqa_records, _piqa),
+    "hellaswag": (_jsonl, _hellaswag),
+    "lambada": (_jsonl, _lambada),
+    "webquestions": (lambda p: _json_items(p, None), _webquestions),
+    "nq_open": (_jsonl, _nq_open),
+}
+
+
+def load_task(name: str, path: str) -> list[Example]:
+    """Examples of task `name` from one official file (PIQA: its .jsonl, labels found beside it
+    or given as "x.jsonl:x-labels.lst"). A malformed record is a UserError naming file and place."""
+    get_spec(name)
+    read, convert = _READERS[name]
+    out = []
+    for where, record in read(path):
+        try:
+            out.extend(convert(record))
+        except KeyError as e:
+            raise UserError(f"{path}, {where}: missing field {e} (is this the {name} file?)") from None
+        except (TypeError, ValueError, IndexError, AttributeError) as e:
+            raise UserError(f"{path}, {where}: malformed {name} record ({e})") from None
+    if not out:
+        raise UserError(f"{path} holds no {name} examples")
+    return out
+
+
+def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Fetch the official files of `splits` (default: all) into out_dir, PIQA's label files
+    along; returns split -> local path of the file load_task reads."""
+    spec = get_spec(name)
+    splits = splits or tuple(k for k in spec.files if not k.endswith("_labels"))
+    unknown = [s for s in splits if s not in spec.files]
+    if unknown:
+        have = ", ".join(k for k in spec.files if not k.endswith("_labels"))
+        raise UserError(f"task {name} has no split {unknown[0]!r}; it has {have}")
+    from data import download_file  # lazily: tasks.py stays usable without data.py's imports
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for split in splits:
+        for key in (split, split + "_labels"):
+            if key in spec.files:
+                url, sha256, filename = spec.files[key]
+                dest = os.path.join(out_dir, filename)
+                download_file(url, dest, sha256=sha256, desc=f"{name} {filename}")
+                paths.setdefault(split, dest)
+    return paths
+
+
+# ------------------------------------------------------------------------------------- metrics
+
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """As the official SQuAD v1.1 script: lowercase, drop punctuation and articles, squeeze spaces."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(pred: str, answers: list[str]) -> float:
+    return max((float(normalize_answer(pred) == normalize_answer(a)) for a in answers), default=0.0)
+
+
+def _f1(pred: str, gold: str) -> float:
+    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+    same = sum((Counter(p) & Counter(g)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1(pred: str, answers: list[str]) -> float:
+    """Token-level F1 of the official SQuAD v1.1 script, the best over the gold answers."""
+    return max((_f1(pred, a) for a in answers), default=0.0)
+
+
+def gsm8k_number(text: str) -> str | None:
+    """The number after the first '#### ' ('1,234' -> '1234', '5.' -> '5'), or None."""
+    m = re.search(r"####\s*(-?[0-9.,]*[0-9])", text)
+    return m.group(1).replace(",", "").rstrip(".") if m else None
+
+
+def stderr(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n items: sqrt(p(1-p)/(n-1))."""
+    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
+
+
+def truncate(generated: str, stop: tuple[str, ...]) -> str:
+    """The generation without leading whitespace, cut at the first stop string."""
+    text = generated.lstrip()
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def score_decode(name: str, generated: str, ex: Example) -> dict[str, float]:
+    """Metrics of one decoded answer: the generation cut at the task's stop strings, then EM (+F1)."""
+    spec = get_spec(name)
+    if spec.kind != "decode":
+        raise ValueError(f"{name} is a scored task; use score_choices")
+    text = truncate(generated, spec.stop)
+    if name == "gsm8k":
+        number = gsm8k_number(text)
+        return {"em": float(number is not None and number == ex.answers[0])}
+    if name == "commonsenseqa":  # answers = [text, label]; a bare label ("B", "B.") also counts
+        label_hit = text.strip().rstrip(".)") == ex.answers[1]
+        return {"em": max(exact_match(text, ex.answers[:1]), float(label_hit))}
+    scores = {"em": exact_match(text, ex.answers)}
+    if "f1" in spec.metrics:
+        scores["f1"] = f1(text, ex.answers)
+    return scores
+
+
+def score_choices(ex: Example, logliks: list[float]) -> dict[str, float]:
+    """acc and acc_norm (log-likelihood per character of the choice, as lm-eval) of one scored item."""
+    best = max(range(len(logliks)), key=lambda i: logliks[i])
+    best_norm = max(range(len(logliks)), key=lambda i: logliks[i] / max(1, len(ex.choices[i].lstrip(" "))))
+    return {"acc": float(best == ex.label), "acc_norm": float(best_norm == ex.label)}
