@@ -1,0 +1,189 @@
+"""A synthetic "largest gap" task for a CPU-sized demo of pause tokens, written in the real formats.
+
+The question is n distinct integers from [lo, hi) in random order; the answer is the largest difference
+between consecutive values once sorted. Each number must be compared with many others and these
+comparisons are independent of each other, so extra positions (pauses) before the answer are useful room.
+Writes the task as GSM8K (train.jsonl / test.jsonl, answers "#### N") and a pretraining corpus as C4
+(c4-train.00000-of-00001.json.gz, c4-validation.00000-of-00001.json.gz): documents of solved gap/min/max/sort
+problems laid out as "Question: {question}\\nAnswer: {answer}", the layout finetuning uses. No test
+question ever appears in the corpus.
+
+    python synth.py --out_dir=data_cache/synth --n=12 --lo=0 --hi=64
+"""
+import datetime
+import gzip
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+from common import UserError, opt, parse_config, run_main
+
+KINDS = ("gap", "min", "max", "sort")
+TRAIN_CORPUS = "c4-train.00000-of-00001.json.gz"
+VAL_CORPUS = "c4-validation.00000-of-00001.json.gz"
+
+
+def largest_gap(values: list[int]) -> int:
+    """The largest difference between consecutive values once sorted."""
+    if len(values) < 2:
+        raise ValueError("largest_gap needs at least two values")
+    s = sorted(values)
+    return max(b - a for a, b in zip(s, s[1:]))
+
+
+def make_question(rng: random.Random, n: int, lo: int, hi: int) -> list[int]:
+    """n distinct integers from [lo, hi), in random order."""
+    return rng.sample(range(lo, hi), n)
+
+
+def task_text(kind: str, values: list[int]) -> tuple[str, str]:
+    """(question, answer) of one problem, e.g. task_text("gap", [1, 10, 4]) == ("gap 1 10 4", "#### 6")."""
+    answers = {"gap": lambda: [largest_gap(values)], "min": lambda: [min(values)],
+               "max": lambda: [max(values)], "sort": lambda: sorted(values)}
+    if kind not in answers:
+        raise UserError(f"unknown problem kind {kind!r}; choose from {', '.join(KINDS)}")
+    return f"{kind} {' '.join(map(str, values))}", f"#### {' '.join(map(str, answers[kind]()))}"
+
+
+def problem_text(kind: str, values: list[int]) -> str:
+    """One solved problem in the layout of the finetuning prompt + target."""
+    question, answer = task_text(kind, values)
+    return f"Question: {question}\nAnswer: {answer}"
+
+
+def _draw(rng: random.Random, count: int, n: int, lo: int, hi: int, banned: set) -> list[list[int]]:
+    """`count` distinct questions (as value lists) whose order of values is not in `banned`."""
+    out, seen = [], set(banned)
+    while len(out) < count:
+        values = make_question(rng, n, lo, hi)
+        if tuple(values) not in seen:
+            seen.add(tuple(values))
+            out.append(values)
+    return out
+
+
+def _write_jsonl(path: str, values_list: list[list[int]]) -> None:
+    with open(path, "w") as f:
+        for values in values_list:
+            question, answer = task_text("gap", values)
+            f.write(json.dumps({"question": question, "answer": answer}) + "\n")
+
+
+def write_task(out_dir: str, n: int = 12, lo: int = 0, hi: int = 64, n_train: int = 20000, n_test: int = 2000,
+               seed: int = 0, test_seed: int | None = None) -> dict:
+    """Write GSM8K-format train.jsonl and test.jsonl; the test split has its own seed and shares no question."""
+    if n < 2 or hi - lo < n:
+        raise UserError(f"need 2 <= n <= hi - lo, got n={n}, lo={lo}, hi={hi}")
+    if n_train + n_test > math.perm(hi - lo, n) // 2:  # keep redraws rare
+        raise UserError(f"{n_train + n_test} questions is too many for n={n} numbers from [{lo}, {hi}); "
+                        "lower --n_train/--n_test or widen the range")
+    test_seed = seed + 1000 if test_seed is None else test_seed
+    test = _draw(random.Random(test_seed), n_test, n, lo, hi, set())
+    train = _draw(random.Random(seed), n_train, n, lo, hi, {tuple(v) for v in test})
+    os.makedirs(out_dir, exist_ok=True)
+    _write_jsonl(os.path.join(out_dir, "train.jsonl"), train)
+    _write_jsonl(os.path.join(out_dir, "test.jsonl"), test)
+    return {"train": len(train), "test": len(test), "seed": seed, "test_seed": test_seed,
+            "test_questions": [task_text("gap", v)[0] for v in test]}
+
+
+def task_words(lo: int, hi: int) -> set[str]:
+    """Every word a task prompt or answer can contain: numbers lo..hi-1 and gaps 1..hi-lo-1."""
+    return {"Question:", "Answer:", "####", "gap"} | {str(v) for v in range(lo, hi)} | \
+        {str(g) for g in range(1, hi - lo)}
+
+
+def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tuple[int, int] = (4, 12),
+                 lo: int = 0, hi: int = 64, kinds: tuple[str, ...] = KINDS, seed: int = 1,
+                 exclude: set[str] = frozenset()) -> dict:
+    """Write a C4-format .json.gz of `n_docs` documents of solved problems, none on an excluded question."""
+    n_min, n_max = n_range
+    if not 2 <= n_min <= n_max <= hi - lo:
+        raise UserError(f"corpus n range {n_min}..{n_max} must lie within 2..hi-lo={hi - lo}")
+    if n_docs < 1 or problems_per_doc < 1:
+        raise UserError("the corpus needs at least one document of at least one problem")
+    for kind in kinds:
+        task_text(kind, [lo, lo + 1])  # raises on an unknown kind
+    # Stricter than exact-string exclusion: no problem of any kind, in any order, on a test question's numbers.
+    banned = {frozenset(map(int, q.split()[1:])) for q in exclude}
+    rng, docs, misses = random.Random(seed), [], 0
+    for _ in range(n_docs):
+        doc = []
+        while len(doc) < problems_per_doc:
+            kind, values = rng.choice(kinds), make_question(rng, rng.randint(n_min, n_max), lo, hi)
+            if frozenset(values) in banned:
+                misses += 1
+                if misses > 100_000:
+                    raise UserError("almost every corpus problem is a test question; widen [lo, hi) or --corpus_n")
+                continue
+            doc.append(problem_text(kind, values))
+        docs.append(doc)
+    # Rare answer words (a largest gap of 1, say) get one problem each, so the vocabulary covers every answer.
+    words = {w for doc in docs for p in doc for w in p.split()}
+    extra = [("gap", [lo + g, lo]) for g in range(1, hi - lo)] + [("sort", [v]) for v in range(lo, hi)]
+    filled = 0
+    for kind, values in extra:
+        text = problem_text(kind, values)
+        if set(text.split()) - words and frozenset(values) not in banned:
+            docs[-1].append(text)
+            words.update(text.split())
+            filled += 1
+    start, lines, tokens = datetime.datetime(2019, 4, 1), [], 0
+    for i, doc in enumerate(docs):
+        text = "\n\n".join(doc)
+        tokens += len(text.split()) + text.count("\n")  # what WordTokenizer makes of it
+        stamp = start + datetime.timedelta(seconds=rng.randrange(30 * 86400))
+        lines.append(json.dumps({"text": text, "timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                 "url": f"https://largest-gap.example/doc/{seed}-{i:06d}"}))
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "wb") as f:  # mtime=0: same seeds, same bytes
+        f.write(gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6, mtime=0))
+    return {"path": out_path, "docs": len(docs), "problems": sum(map(len, docs)), "tokens": tokens,
+            "filled": filled, "missing": sorted(task_words(lo, hi) - words)}
+
+
+@dataclass
+class SynthConfig:
+    """Write the largest-gap task (GSM8K format) and its pretraining corpus (C4 format)."""
+    out_dir: str = opt("data_cache/synth", "folder for train.jsonl, test.jsonl and the c4-*.json.gz corpus")
+    n: int = opt(12, "numbers per task question")
+    lo: int = opt(0, "smallest number")
+    hi: int = opt(64, "numbers are below hi")
+    n_train: int = opt(20000, "finetuning questions")
+    n_test: int = opt(2000, "test questions (never in train nor in the corpus)")
+    seed: int = opt(0, "seed of the train split; the corpus uses seed+1 (train) and seed+2 (validation)")
+    test_seed: int | None = opt(None, "seed of the test split (none: seed+1000)")
+    corpus_docs: int = opt(2000, "pretraining documents")
+    val_docs: int = opt(100, "validation documents")
+    problems_per_doc: int = opt(64, "solved problems per document")
+    corpus_n: list[int] = opt([4, 12], "smallest,largest n of corpus problems")
+    kinds: list[str] = opt(list(KINDS), "problem kinds in the corpus")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(SynthConfig, argv, prog="synth.py")
+    if len(cfg.corpus_n) != 2:
+        raise UserError(f"--corpus_n expects two numbers, e.g. --corpus_n=4,12; got {cfg.corpus_n}")
+    t0 = time.time()
+    task = write_task(cfg.out_dir, cfg.n, cfg.lo, cfg.hi, cfg.n_train, cfg.n_test, cfg.seed, cfg.test_seed)
+    shared = dict(n_range=tuple(cfg.corpus_n), lo=cfg.lo, hi=cfg.hi, kinds=tuple(cfg.kinds),
+                  exclude=set(task["test_questions"]))
+    train = write_corpus(os.path.join(cfg.out_dir, TRAIN_CORPUS), cfg.corpus_docs, cfg.problems_per_doc,
+                         seed=cfg.seed + 1, **shared)
+    val = write_corpus(os.path.join(cfg.out_dir, VAL_CORPUS), cfg.val_docs, cfg.problems_per_doc,
+                       seed=cfg.seed + 2, **shared)
+    if train["missing"]:
+        raise UserError(f"the corpus lacks task word(s) {train['missing'][:5]}; change --corpus_n or the range")
+    print(f"task: {task['train']} train / {task['test']} test questions of n={cfg.n} from [{cfg.lo}, {cfg.hi}) "
+          f"(seeds {task['seed']} / {task['test_seed']}) in {cfg.out_dir}")
+    for name, c in (("train corpus", train), ("val corpus", val)):
+        print(f"{name}: {c['docs']} docs, {c['problems']} problems, {c['tokens']:,} word tokens, "
+              f"{c['filled']} coverage problems added -> {c['path']}")
+    print(f"coverage: all {len(task_words(cfg.lo, cfg.hi))} task words in the train corpus; {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    run_main(main)

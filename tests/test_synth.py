@@ -1,0 +1,159 @@
+"""synth.py: the largest-gap task (GSM8K format) and its pretraining corpus (C4 format)."""
+import gzip
+import json
+import os
+import random
+import re
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import UserError  # noqa: E402
+from synth import (TRAIN_CORPUS, VAL_CORPUS, largest_gap, main, make_question, task_text,  # noqa: E402
+                   write_corpus, write_task)
+from tokenizer import WordTokenizer  # noqa: E402
+
+# A narrow range (n=3 from [5, 13)): without the exclusion, ~20 test questions would recur in the corpus.
+N, LO, HI = 3, 5, 13
+ARGS = ["--n=3", "--lo=5", "--hi=13", "--n_train=60", "--n_test=100", "--corpus_docs=20", "--val_docs=4",
+        "--problems_per_doc=30", "--corpus_n=2,3"]
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def corpus_rows(path):
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("synth"))
+    main(ARGS + [f"--out_dir={d}"])
+    return d
+
+
+def test_largest_gap_hand_checked():
+    assert largest_gap([1, 10, 4]) == 6
+    assert largest_gap([0, 63]) == 63
+    assert largest_gap([2, 3, 7, 8]) == 4
+    assert largest_gap([8, 2, 7, 3]) == 4
+
+
+def test_task_text_of_each_kind():
+    assert task_text("gap", [1, 10, 4]) == ("gap 1 10 4", "#### 6")
+    assert task_text("min", [5, 3, 9]) == ("min 5 3 9", "#### 3")
+    assert task_text("max", [5, 3, 9]) == ("max 5 3 9", "#### 9")
+    assert task_text("sort", [5, 3, 9]) == ("sort 5 3 9", "#### 3 5 9")
+
+
+def test_unknown_kind_is_a_user_error():
+    with pytest.raises(UserError):
+        task_text("median", [1, 2, 3])
+
+
+def test_make_question_distinct_and_in_range():
+    rng = random.Random(0)
+    for _ in range(200):
+        values = make_question(rng, 12, 10, 30)
+        assert len(set(values)) == 12 and all(10 <= v < 30 for v in values)
+
+
+def test_task_files_are_gsm8k_format(out):
+    for split, count in (("train", 60), ("test", 100)):
+        rows = read_jsonl(os.path.join(out, f"{split}.jsonl"))
+        assert len(rows) == count
+        for row in rows:
+            assert set(row) == {"question", "answer"} and re.fullmatch(r"#### \d+", row["answer"])
+
+
+def test_task_answers_are_largest_gaps_of_distinct_numbers_in_range(out):
+    for row in read_jsonl(os.path.join(out, "test.jsonl")):
+        kind, *words = row["question"].split(" ")
+        values = [int(w) for w in words]
+        assert kind == "gap" and len(set(values)) == N and all(LO <= v < HI for v in values)
+        assert row["answer"] == f"#### {largest_gap(values)}"
+
+
+def test_train_and_test_questions_disjoint_and_unique(out):
+    train = [r["question"] for r in read_jsonl(os.path.join(out, "train.jsonl"))]
+    test = [r["question"] for r in read_jsonl(os.path.join(out, "test.jsonl"))]
+    assert len(set(train)) == len(train) and len(set(test)) == len(test)
+    assert not set(train) & set(test)
+
+
+def test_corpus_is_c4_format(out):
+    for name in (TRAIN_CORPUS, VAL_CORPUS):
+        rows = corpus_rows(os.path.join(out, name))
+        assert rows
+        for row in rows:
+            assert set(row) == {"text", "timestamp", "url"} and isinstance(row["text"], str) and row["text"]
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["timestamp"])
+            assert row["url"].startswith("https://")
+
+
+def test_corpus_problems_are_solved_correctly(out):
+    text = "\n\n".join(r["text"] for r in corpus_rows(os.path.join(out, TRAIN_CORPUS)))
+    problems = re.findall(r"Question: (\w+) ([\d ]+)\nAnswer: ([#\d ]+)", text)
+    assert len(problems) >= 20 * 30
+    for kind, numbers, answer in problems:
+        assert task_text(kind, [int(w) for w in numbers.split()])[1] == answer
+
+
+def test_no_test_question_in_either_corpus(out):
+    text = "\n".join(r["text"] for name in (TRAIN_CORPUS, VAL_CORPUS) for r in corpus_rows(os.path.join(out, name)))
+    for row in read_jsonl(os.path.join(out, "test.jsonl")):
+        assert f"Question: {row['question']}\n" not in text
+
+
+def test_corpus_covers_every_number_and_every_gap(tmp_path):
+    # n=6 from [10, 20) never has a largest gap above 5, nor a number below 10: words 6..9 must be added.
+    write_corpus(str(tmp_path / "c.json.gz"), 2, 10, n_range=(6, 6), lo=10, hi=20, seed=1)
+    words = set(" ".join(r["text"] for r in corpus_rows(str(tmp_path / "c.json.gz"))).split())
+    assert {str(v) for v in range(10, 20)} | {str(g) for g in range(1, 10)} <= words
+
+
+def test_word_tokenizer_from_corpus_encodes_task_with_one_token_per_number(out):
+    tok = WordTokenizer.build(r["text"] for r in corpus_rows(os.path.join(out, TRAIN_CORPUS)))
+    for split in ("train", "test"):
+        for row in read_jsonl(os.path.join(out, f"{split}.jsonl")):
+            q, a = row["question"], row["answer"]
+            assert len(tok.encode(f"Question: {q}\nAnswer: {a}")) == len(q.split()) + len(a.split()) + 3
+
+
+def test_same_seeds_give_same_bytes(tmp_path):
+    for d in ("a", "b"):
+        main(ARGS + [f"--out_dir={tmp_path / d}"])
+    for name in ("train.jsonl", "test.jsonl", TRAIN_CORPUS, VAL_CORPUS):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_corpus_gzip_header_has_no_clock_time(out):
+    with open(os.path.join(out, TRAIN_CORPUS), "rb") as f:
+        assert f.read(8)[4:8] == bytes(4)  # gzip MTIME field: zero, or the bytes would change every second
+
+
+def test_test_split_depends_only_on_test_seed(tmp_path):
+    for d, seed in (("a", 0), ("b", 1)):
+        write_task(str(tmp_path / d), N, LO, HI, n_train=30, n_test=30, seed=seed, test_seed=7)
+    assert (tmp_path / "a" / "test.jsonl").read_text() == (tmp_path / "b" / "test.jsonl").read_text()
+    assert (tmp_path / "a" / "train.jsonl").read_text() != (tmp_path / "b" / "train.jsonl").read_text()
+
+
+def test_default_test_seed_differs_from_train_seed(tmp_path):
+    info = write_task(str(tmp_path), N, LO, HI, n_train=10, n_test=10, seed=3)
+    assert info["test_seed"] != info["seed"]
+
+
+def test_too_many_questions_for_the_range_is_a_user_error(tmp_path):
+    with pytest.raises(UserError):
+        write_task(str(tmp_path), n=2, lo=0, hi=4, n_train=10, n_test=10)
+
+
+def test_unknown_corpus_kind_is_a_user_error(tmp_path):
+    with pytest.raises(UserError):
+        write_corpus(str(tmp_path / "c.json.gz"), 1, 1, n_range=(2, 3), lo=0, hi=8, kinds=("median",))
