@@ -77,7 +77,9 @@ def config_help(cls, prog: str) -> str:
     if cls.__doc__:
         lines += [cls.__doc__.strip(), ""]
     lines += ["options (defaults in brackets; a CONFIG.toml or --config=FILE sets keys before the overrides):"]
-    for f in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})  # a script's own options first, inherited ones after
+    order = {name: i for i, name in enumerate(own)}
+    for f in sorted(dataclasses.fields(cls), key=lambda f: order.get(f.name, len(order))):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         lines.append(f"  --{f.name}={_type_name(hints[f.name])}".ljust(34) + f" {f.metadata.get('help', '')} [{shown}]")

@@ -36,12 +36,16 @@ def load_model(path: str, device, bpe_file: str | None = None) -> tuple[GPT, obj
     meta = ckpt["meta"]
     if "model" not in meta or "tokenizer" not in meta:
         raise UserError(f"checkpoint {path} has no model config or tokenizer in its meta")
-    model = GPT(GPTConfig(**meta["model"]))
+    tok_meta, conf = meta["tokenizer"], GPTConfig(**meta["model"])
+    if conf.vocab_size < tok_meta["vocab_size"] or conf.pause_id != tok_meta["pause_id"]:
+        raise UserError(f"checkpoint {path}: its model (vocab {conf.vocab_size}, pause id {conf.pause_id}) does not "
+                        f"fit its tokenizer (vocab {tok_meta['vocab_size']}, pause id {tok_meta['pause_id']})")
+    model = GPT(conf)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"checkpoint {path}: weights do not match its config ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), from_meta(meta["tokenizer"], bpe_file), meta
+    return model.to(device).eval(), from_meta(tok_meta, bpe_file), meta
 
 
 def with_pauses(ids: list[int], m: int, pause_id: int, prepend: bool = False) -> list[int]:
@@ -117,7 +121,7 @@ def main(cfg: SampleConfig) -> None:
                         cfg.top_k, tok.eot_id if cfg.stop_at_eot else None, generator=gen)
     for i, row in enumerate(rows):
         print(f"--- sample {i} (m_inf={m_inf})", file=sys.stderr)
-        print(tok.decode(prompt) + tok.decode(row))
+        print(tok.decode(prompt + row))
 
 
 if __name__ == "__main__":

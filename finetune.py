@@ -1,0 +1,146 @@
+"""Finetuning on a downstream task, standard (m_ft=0, StdFT) or with pauses (m_ft>0, PauseFT):
+input [prefix, <pause> x m_ft, target, EOT], loss on the target tokens and the closing EOT only.
+
+    python finetune.py --init_from=out/pause/ckpt.pt --task=gsm8k --task_file=data/gsm8k/train.jsonl --m_ft=10
+
+The loop, DDP, checkpoints and resume are train.py's (`fit`); only the batches differ.
+"""
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import tasks
+from common import UserError, load_checkpoint, opt, parse_config, run_main, setup_runtime, teardown
+from model import GPTConfig
+from sample import load_model, with_pauses
+from train import LoopConfig, fit, start
+
+
+@dataclass
+class FinetuneConfig(LoopConfig):
+    """Finetune a pretrained checkpoint on a task's (prefix, target) pairs, with m_ft pauses between them."""
+    init_from: str = opt("out/pretrain/ckpt.pt", "the pretrained checkpoint to start from")
+    task: str = opt("gsm8k", f"task name: {', '.join(tasks.TASKS)}")
+    task_file: str = opt("", "the task's training file in its official format (default: data/tasks/TASK/<train file>)")
+    m_ft: int = opt(0, "pauses between prefix and target: 0 = StdFT, e.g. 10 = PauseFT")
+    filler: str = opt("", "ablation: this ordinary one-token text (e.g. '.') instead of <pause>")
+    prepend: bool = opt(False, "ablation: put the pauses before the prefix instead of after it")
+    max_examples: int = opt(0, "use only the first N examples of the file (0 = all)")
+    val_frac: float = opt(0.05, "held-out share of the examples for the validation loss")
+    # finetuning defaults of the loop options (see train.py)
+    out_dir: str = opt("out/finetune", "where ckpt.pt and log.jsonl are written")
+    batch_size: int = opt(16, "examples per micro-batch, per process")
+    learning_rate: float = opt(1e-4, "peak learning rate")
+    min_lr: float = opt(1e-5, "learning rate at the end of the cosine decay")
+    warmup_iters: int = opt(50, "linear warmup steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only)")
+    eval_interval: int = opt(200, "validation loss every this many steps (and at the end)")
+    eval_iters: int = opt(10, "validation batches per evaluation")
+    bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
+
+
+def pause_id_for(tok, filler: str) -> int:
+    """The token placed between prefix and target: <pause>, or for the filler ablation an ordinary one."""
+    if not filler:
+        return tok.pause_id
+    ids = tok.encode(filler)
+    if len(ids) != 1:
+        raise UserError(f"--filler={filler!r} must be exactly one token, it is {len(ids)}")
+    return ids[0]
+
+
+def encode_example(tok, prefix: str, target: str, m: int, pause_id: int, prepend: bool, block_size: int):
+    """[prefix, pauses, target, EOT] as (x, y) with y = -1 everywhere but the target and EOT positions.
+    A prefix too long for the block loses its beginning (the end of a context matters most)."""
+    target_ids = tok.encode(target) + [tok.eot_id]
+    prefix_ids = tok.encode(prefix)
+    room = block_size + 1 - len(target_ids) - m
+    if room < 1:
+        raise UserError(f"a target of {len(target_ids)} tokens with {m} pauses does not fit block_size {block_size}")
+    seq = with_pauses(prefix_ids[-room:], m, pause_id, prepend)
+    n_context = len(seq)
+    seq = seq + target_ids
+    x, y = np.array(seq[:-1], dtype=np.int64), np.array(seq[1:], dtype=np.int64)
+    y[: n_context - 1] = -1  # predictions of the prefix and the pauses are not trained
+    return x, y
+
+
+def collate(pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a list of (x, y) to a batch; padded targets are -1 (ignored by the loss)."""
+    T = max(len(x) for x, _ in pairs)
+    X = np.zeros((len(pairs), T), dtype=np.int64)
+    Y = np.full((len(pairs), T), -1, dtype=np.int64)
+    for i, (x, y) in enumerate(pairs):
+        X[i, : len(x)], Y[i, : len(y)] = x, y
+    return torch.from_numpy(X), torch.from_numpy(Y)
+
+
+class FinetuneData:
+    """Encoded examples; batch(step, index) is a deterministic draw, like the pretraining loader."""
+
+    def __init__(self, cfg: FinetuneConfig, tok, block_size: int):
+        path = cfg.task_file or tasks.default_path(cfg.task, "train")
+        examples = tasks.load_task(cfg.task, path)[: cfg.max_examples or None]
+        pause = pause_id_for(tok, cfg.filler)
+        self.pairs = [encode_example(tok, e.prefix, e.target, cfg.m_ft, pause, cfg.prepend, block_size)
+                      for e in examples]
+        n_val = int(len(self.pairs) * cfg.val_frac)
+        if len(self.pairs) - n_val < 1:
+            raise UserError(f"{path}: no examples to finetune on")
+        order = np.random.default_rng(cfg.seed).permutation(len(self.pairs))
+        self.val, self.train = order[:n_val], order[n_val:]
+        self.batch_size, self.seed = cfg.batch_size, cfg.seed
+
+    def batch(self, step: int, index: int = 0):
+        rng = np.random.default_rng((self.seed, step, index))
+        return collate([self.pairs[i] for i in rng.choice(self.train, self.batch_size)])
+
+    def val_batch(self, i: int):
+        idx = np.resize(self.val, (i + 1) * self.batch_size)[i * self.batch_size:]  # fixed, wraps around
+        return collate([self.pairs[j] for j in idx])
+
+
+@torch.no_grad()
+def finetune_eval(model, data: FinetuneData, cfg: FinetuneConfig, rt) -> dict:
+    if not len(data.val):
+        return {}
+    model.eval()
+    losses = []
+    for i in range(cfg.eval_iters):
+        x, y = data.val_batch(i)
+        with rt.autocast():
+            losses.append(model(x.to(rt.device), y.to(rt.device))[1].item())
+    return {"val_loss": sum(losses) / len(losses)}
+
+
+def main(cfg: FinetuneConfig) -> None:
+    if cfg.m_ft < 0:
+        raise UserError(f"--m_ft must be >= 0, got {cfg.m_ft}")
+    if cfg.task not in tasks.TASKS:
+        raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    try:
+        _, tok, pre = load_model(cfg.init_from, "cpu", cfg.bpe_file or None)
+        gpt_config = GPTConfig(**{**pre["model"], "dropout": cfg.dropout})
+        data = FinetuneData(cfg, tok, gpt_config.block_size)
+        model, optimizer, step, log = start(cfg, rt, gpt_config)
+        if not cfg.resume:  # start from the pretrained weights (the optimizer starts afresh)
+            model.load_state_dict(load_checkpoint(cfg.init_from, rt.device)["model"])
+        meta = {"kind": "finetune", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
+                "tokenizer": pre["tokenizer"], "task": cfg.task, "m_ft": cfg.m_ft, "filler": cfg.filler,
+                "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre)}
+        fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
+    finally:
+        teardown(rt)
+
+
+def pretrain_pause_frac(meta: dict) -> float:
+    """The pause_frac the model was pretrained with (0 = StdPT), carried through finetuning."""
+    return meta.get("pretrain_pause_frac", meta.get("config", {}).get("pause_frac", 0.0))
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(parse_config(FinetuneConfig, prog="finetune.py")))
