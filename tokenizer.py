@@ -31,7 +31,8 @@ def load_bpe_file(path: str) -> dict:
     """Mergeable ranks from a local .tiktoken file, refused unless its sha256 is GPT-2's."""
     if not os.path.isfile(path):
         raise UserError(f"BPE file {path} does not exist")
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     digest = hashlib.sha256(data).hexdigest()
     if digest != R50K_SHA256:
         raise UserError(f"BPE file {path} has sha256 {digest[:12]}…, not GPT-2's {R50K_SHA256[:12]}…; "

@@ -1,13 +1,10 @@
 """model.py: masked loss, pause gradients, KV cache, left-padding masks, init, optimizer groups."""
 import math
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig
 
 PAUSE = 63
 

@@ -4,15 +4,13 @@ import json
 import os
 import random
 import re
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import UserError  # noqa: E402
-from synth import (TRAIN_CORPUS, VAL_CORPUS, largest_gap, main, make_question, task_text,  # noqa: E402
+from common import UserError
+from synth import (TRAIN_CORPUS, VAL_CORPUS, largest_gap, main, make_question, task_text,
                    write_corpus, write_task)
-from tokenizer import WordTokenizer  # noqa: E402
+from tokenizer import WordTokenizer
 
 # A narrow range (n=3 from [5, 13)): without the exclusion, ~20 test questions would recur in the corpus.
 N, LO, HI = 3, 5, 13

@@ -1,0 +1,442 @@
+"""Data: download C4, tokenize it into flat uint16 shards, inject pauses, serve pretraining batches.
+
+    python data.py download --n_train=1 --n_val=1 --out_dir=data_cache/c4
+    python data.py prepare --input='data_cache/c4/c4-train.*' --val_input='data_cache/c4/c4-validation.*'
+    python data.py show --data_dir=data_cache/c4_gpt2 --pause_frac=0.1
+    python data.py inject --data_dir=data_cache/c4_gpt2 --out_dir=data_cache/c4_gpt2_pause --pause_frac=0.1
+
+Pause-pretraining happens in `inject_pauses` (insert pauses, trim) and in `PretrainData.batch`
+(the one line that masks targets that are pauses); everything else is ordinary nanoGPT-style data.
+"""
+import dataclasses
+import glob
+import gzip
+import hashlib
+import itertools
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections import Counter
+from http.client import HTTPException
+from multiprocessing import Pool
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import tokenizer as tokmod
+from common import UserError, config_help, opt, parse_config, run_main
+
+
+# -------------------- download
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def download_file(url: str, dest: str, sha256: str | None = None, desc: str | None = None) -> str:
+    """Download url to dest, resuming a partial dest.part; check sha256 if given. Skips a good existing dest."""
+    if os.path.exists(dest) and (sha256 is None or _sha256(dest) == sha256):
+        return dest
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    part = dest + ".part"
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            if r.status != 206:  # the server ignored the Range header: start over
+                have = 0
+            total = None if r.length is None else have + r.length
+            with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                               desc=desc or os.path.basename(dest)) as bar:
+                while chunk := r.read(1 << 20):
+                    bar.update(f.write(chunk))
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # .part is already whole (or longer than the file): fetch it again
+            os.remove(part)
+            return download_file(url, dest, sha256, desc)
+        raise UserError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+    except (OSError, HTTPException) as e:  # URLError, timeouts and disk errors are OSErrors
+        raise UserError(f"download of {url} failed ({e}); run the command again to resume") from None
+    if total is not None and os.path.getsize(part) != total:
+        raise UserError(f"download of {url} stopped at {os.path.getsize(part)} of {total} bytes; run again to resume")
+    if sha256 is not None and (digest := _sha256(part)) != sha256:
+        os.remove(part)
+        raise UserError(f"download of {url} has sha256 {digest[:12]}…, expected {sha256[:12]}…; deleted it")
+    os.replace(part, dest)
+    return dest
+
+
+C4_URL = "https://huggingface.co/datasets/allenai/c4/resolve/main/en"
+
+
+@dataclasses.dataclass
+class DownloadConfig:
+    """Download C4 (allenai/c4, English) train and validation shards."""
+    out_dir: str = opt("data_cache/c4", "directory for the .json.gz shards")
+    n_train: int = opt(1, "number of train shards (of 1024, about 318 MB and 356k documents each)")
+    n_val: int = opt(1, "number of validation shards (of 8, about 40 MB each)")
+    start: int = opt(0, "index of the first train shard")
+    base_url: str = opt(C4_URL, "URL of the directory holding the shards (a mirror, or a local server)")
+
+
+def download(cfg: DownloadConfig) -> None:
+    """Fetch the C4 shards named by cfg into cfg.out_dir (resumable, finished files are skipped)."""
+    if cfg.start < 0 or cfg.n_train < 0 or cfg.start + cfg.n_train > 1024 or not 0 <= cfg.n_val <= 8:
+        raise UserError("C4 has train shards 0..1023 and validation shards 0..7; check --start, --n_train, --n_val")
+    names = [f"c4-train.{i:05d}-of-01024.json.gz" for i in range(cfg.start, cfg.start + cfg.n_train)]
+    names += [f"c4-validation.{i:05d}-of-00008.json.gz" for i in range(cfg.n_val)]
+    for name in names:
+        download_file(f"{cfg.base_url.rstrip('/')}/{name}", os.path.join(cfg.out_dir, name))
+    print(f"{len(names)} C4 shard(s) in {cfg.out_dir}; next: python data.py prepare "
+          f"--input='{cfg.out_dir}/c4-train.*' --val_input='{cfg.out_dir}/c4-validation.*'")
+
+
+# -------------------- documents
+SUFFIXES = (".json.gz", ".jsonl", ".json", ".txt")
+
+
+def _lines(path: str) -> Iterator[bytes]:
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            yield from f
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is an EOFError
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); if it is a download, delete it and "
+                        "fetch it again") from None
+
+
+def _document(raw: bytes, is_json: bool) -> tuple[str | None, str | None]:
+    """(text, None) for a good document, (None, reason) for a bad one."""
+    try:
+        obj = json.loads(raw.decode("utf-8")) if is_json else {"text": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return None, "invalid utf-8"
+    except json.JSONDecodeError:
+        return None, "invalid json"
+    if not isinstance(obj, dict):
+        return None, "not an object"
+    if "text" not in obj:
+        return None, "missing text"
+    if not isinstance(obj["text"], str):
+        return None, "text not a string"
+    return (obj["text"], None) if obj["text"].strip() else (None, "empty text")
+
+
+def read_documents(path: str, bad: Counter) -> Iterator[str]:
+    """Document texts of one file; bad lines are counted in `bad` by reason and skipped.
+
+    .json.gz (C4), .jsonl, .json: one JSON object with a "text" string per line (blank lines are
+    skipped); .txt: the whole file is one document.
+    """
+    is_json = not path.endswith(".txt")
+    for raw in (_lines(path) if is_json else [b"".join(_lines(path))]):
+        if is_json and not raw.strip():
+            continue
+        text, reason = _document(raw, is_json)
+        if reason:
+            bad[reason] += 1
+        else:
+            yield text
+
+
+def _expand(patterns: list[str]) -> list[str]:
+    """Files named by `patterns` (paths or globs), in order, each once."""
+    files = []
+    for p in patterns:
+        found = sorted(glob.glob(p)) if glob.has_magic(p) else [p]
+        if not found or not os.path.isfile(found[0]):
+            raise UserError(f"input {p} matches no file")
+        for f in map(os.path.abspath, found):
+            if not f.endswith(SUFFIXES):
+                raise UserError(f"input {f} is not one of {', '.join(SUFFIXES)}")
+            files += [] if f in files else [f]
+    return files
+
+
+# -------------------- prepare: documents -> flat uint16 token shards + meta.json
+@dataclasses.dataclass
+class PrepareConfig:
+    """Tokenize documents into flat uint16 shards (one per input file, each document followed by EOT)."""
+    input: list[str] = opt([], "training files or globs: .json.gz (C4), .jsonl, .json (a JSON object with "
+                               "'text' per line) or .txt (one document per file)")
+    val_input: list[str] = opt([], "validation files or globs (e.g. C4 validation shards); empty: hold out "
+                                   "val_frac of each input's documents")
+    out_dir: str = opt("data_cache/c4_gpt2", "output directory for the shards and meta.json")
+    tokenizer: str = opt("gpt2", "gpt2, char or word")
+    bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken); empty: tokenizer.py's search order")
+    val_frac: float = opt(0.005, "fraction of documents held out for validation when val_input is empty")
+    workers: int = opt(os.cpu_count() or 1, "worker processes (one input file each at a time)")
+
+
+_TOK = None  # the tokenizer of a worker process
+
+
+def _init_worker(tok_meta: dict, bpe_file: str | None) -> None:
+    global _TOK
+    _TOK = tokmod.from_meta(tok_meta, bpe_file)
+
+
+def _symbols_job(job: tuple[str, str]) -> list[str]:
+    kind, path = job
+    return tokmod.get_tokenizer(kind, texts=read_documents(path, Counter())).symbols
+
+
+def _tokenize_job(job: tuple[str, list[str], float]) -> dict:
+    """Worker: one input file -> outs[0] (and outs[1] for the held-out fraction frac), via temp files."""
+    src, outs, frac = job
+    bad, n_docs, n_tokens = Counter(), 0, [0] * len(outs)
+    files = [open(p + ".tmp", "wb") for p in outs]
+    try:
+        docs = read_documents(src, bad)
+        while batch := list(itertools.islice(docs, 1000)):
+            # document i is held out (dest 1) when i*frac crosses an integer: every (1/frac)-th one, evenly spread
+            dest = [int(int((i + 1) * frac) > int(i * frac)) for i in range(n_docs, n_docs + len(batch))]
+            n_docs += len(batch)
+            ids = _TOK.encode_batch(batch)
+            for d, f in enumerate(files):
+                a = np.fromiter(itertools.chain.from_iterable(t + [_TOK.eot_id] for t, k in zip(ids, dest) if k == d),
+                                dtype=np.uint16)
+                n_tokens[d] += f.write(a.tobytes()) // 2
+    except UserError as e:
+        return {"error": str(e)}
+    finally:
+        for f in files:
+            f.close()
+    for p in outs:
+        os.replace(p + ".tmp", p)
+    return {"docs": n_docs, "tokens": sum(n_tokens), "bad": bad}
+
+
+def _parallel(fn, jobs: list, workers: int, desc: str, initargs: tuple | None = None) -> list:
+    """fn over jobs in worker processes, with a progress bar over files."""
+    with Pool(max(1, min(workers, len(jobs))), _init_worker if initargs else None, initargs or ()) as pool:
+        return list(tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc, unit="file"))
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Tokenize cfg.input (and cfg.val_input) into cfg.out_dir; resumable. Returns the meta written."""
+    train, val = _expand(cfg.input), _expand(cfg.val_input)
+    if not train:
+        raise UserError("no --input given; e.g. --input='data_cache/c4/c4-train.*'")
+    if not 0 <= cfg.val_frac < 1:
+        raise UserError(f"--val_frac must be in [0, 1), got {cfg.val_frac}")
+    held_out = cfg.val_frac > 0 and not val
+    run = {"tokenizer": cfg.tokenizer, "val_frac": cfg.val_frac if held_out else 0, "input": train, "val_input": val}
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    meta_path = os.path.join(cfg.out_dir, "meta.json")
+    old = load_meta(cfg.out_dir) if os.path.exists(meta_path) else None
+    if old and old.get("prepare") != run:
+        raise UserError(f"{cfg.out_dir} was prepared from other inputs or settings; use a new --out_dir or delete it")
+    bpe_file = cfg.bpe_file or None
+    if old:  # a resumed run reuses the vocabulary it started with
+        tok = tokmod.from_meta(old["tokenizer"], bpe_file)
+    elif cfg.tokenizer in ("char", "word"):  # the vocabulary comes from ALL inputs, train and val
+        symbols = set().union(*_parallel(_symbols_job, [(cfg.tokenizer, p) for p in train + val], cfg.workers, "vocab"))
+        tok = tokmod.from_meta({"kind": cfg.tokenizer, "symbols": sorted(symbols)})
+    else:
+        tok = tokmod.get_tokenizer(cfg.tokenizer, bpe_file)
+    if tok.vocab_size > 2**16:
+        raise UserError(f"{tok.vocab_size} {cfg.tokenizer} ids do not fit uint16 shards; use gpt2 or char")
+    meta = {"tokenizer": tok.meta(), "vocab_size": tok.vocab_size, "pause_id": tok.pause_id, "eot_id": tok.eot_id,
+            "dtype": "uint16", "prepare": run, "shards": {"train": [], "val": []}, "bad_lines": {}}
+    _write_json(meta_path, meta)  # before tokenizing, so that a resumed run finds the same vocabulary
+
+    out = lambda split, i: os.path.join(cfg.out_dir, f"{split}_{i:05d}.bin")  # noqa: E731
+    jobs = [(p, [out("train", i), out("val", i)] if held_out else [out("train", i)], cfg.val_frac * held_out)
+            for i, p in enumerate(train)]
+    jobs += [(p, [out("val", i)], 0.0) for i, p in enumerate(val)]
+    todo = [j for j in jobs if not all(os.path.exists(p) for p in j[1])]
+    t0 = time.time()
+    results = _parallel(_tokenize_job, todo, cfg.workers, "prepare", (tok.meta(), bpe_file)) if todo else []
+    dt = time.time() - t0
+
+    bad = sum((r["bad"] for r in results if "bad" in r), Counter())
+    errors = [r["error"] for r in results if "error" in r]
+    for src, outs, _ in jobs:
+        if all(os.path.exists(p) for p in outs):
+            for p in outs:
+                split = os.path.basename(p).split("_")[0]
+                meta["shards"][split].append({"file": os.path.basename(p), "tokens": os.path.getsize(p) // 2,
+                                              "source": src})
+    meta["bad_lines"] = dict(bad)
+    _write_json(meta_path, meta)
+    docs, tokens = sum(r.get("docs", 0) for r in results), sum(r.get("tokens", 0) for r in results)
+    print(f"prepare: {len(todo)} file(s) tokenized ({len(jobs) - len(todo)} already done): {docs:,} documents, "
+          f"{tokens:,} tokens, {tokens / max(dt, 1e-9):,.0f} tokens/s; bad lines: "
+          + (", ".join(f"{k} {v}" for k, v in sorted(bad.items())) or "none"))
+    print(f"shards: train {sum(s['tokens'] for s in meta['shards']['train']):,} tokens, "
+          f"val {sum(s['tokens'] for s in meta['shards']['val']):,} tokens, in {cfg.out_dir}")
+    if errors:
+        raise UserError(f"{len(errors)} input file(s) failed, the others are done: " + "; ".join(errors))
+    return meta
+
+
+# -------------------- pause injection (Goyal et al., section 1: PausePT)
+def inject_pauses(tokens: np.ndarray, n_pause: int, pause_id: int, rng: np.random.Generator) -> np.ndarray:
+    """Insert n_pause pauses at uniformly random positions of each row (shape (L,) or (B, L)), trim to L."""
+    if n_pause <= 0:
+        return tokens.copy()
+    rows = np.atleast_2d(tokens)
+    B, L = rows.shape
+    # the pause slots are a uniform random n_pause-subset of the L + n_pause slots: the smallest random keys
+    slots = np.argpartition(rng.random((B, L + n_pause)), n_pause - 1, axis=1)[:, :n_pause]
+    is_pause = np.zeros((B, L + n_pause), dtype=bool)
+    np.put_along_axis(is_pause, slots, True, axis=1)
+    out = np.full((B, L + n_pause), pause_id, dtype=tokens.dtype)
+    out[~is_pause] = rows.reshape(-1)  # row-major: each row's L free slots get its tokens, in order
+    return out[:, :L].reshape(tokens.shape)
+
+
+# -------------------- the pretraining loader
+def load_meta(data_dir: str) -> dict:
+    """The meta.json of a prepared data directory."""
+    path = os.path.join(data_dir, "meta.json")
+    if not os.path.isfile(path):
+        raise UserError(f"no meta.json in {data_dir}; run `python data.py prepare --out_dir={data_dir}` first")
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get("dtype") != "uint16":
+        raise UserError(f"{path}: shards must be uint16, not {meta.get('dtype')}")
+    return meta
+
+
+def _open_shards(data_dir: str, meta: dict, split: str, min_len: int) -> list[np.ndarray]:
+    """The split's shards that hold at least min_len tokens, memory-mapped (shorter ones are skipped)."""
+    paths = [os.path.join(data_dir, s["file"]) for s in meta["shards"].get(split, []) if s["tokens"] >= min_len]
+    if not paths:
+        hint = " (--val_input, or a larger --val_frac)" if split == "val" else ""
+        raise UserError(f"{data_dir} has no {split} shard of block_size+1 = {min_len} tokens or more; "
+                        f"prepare more data{hint} or lower block_size")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise UserError(f"{p} is listed in meta.json but missing; run data.py prepare again")
+    return [np.memmap(p, dtype=np.uint16, mode="r") for p in paths]
+
+
+class PretrainData:
+    """Pretraining batches from a prepared data_dir, with pause_frac * block_size pauses injected per window."""
+
+    def __init__(self, data_dir: str, block_size: int, batch_size: int, pause_frac: float = 0.0, seed: int = 0):
+        self.meta = load_meta(data_dir)
+        self.vocab_size, self.pause_id, self.eot_id = (self.meta[k] for k in ("vocab_size", "pause_id", "eot_id"))
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.n_pause = round(pause_frac * block_size)
+        n = block_size + 1  # a window holds the inputs and, shifted by one, the targets
+        self.train = _open_shards(data_dir, self.meta, "train", n)
+        self.offsets = np.array([len(s) - n + 1 for s in self.train])  # valid start offsets per shard
+        self.val = _open_shards(data_dir, self.meta, "val", n)
+        self.val_windows = np.array([(k, o) for k, s in enumerate(self.val) for o in range(0, len(s) - n + 1, n)])
+
+    def batch(self, step: int, index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of training micro-batch `index` (rank * grad_accum + micro) at `step`; a pure function of both."""
+        rng = np.random.default_rng((self.seed, step, index))
+        shard = rng.choice(len(self.train), size=self.batch_size, p=self.offsets / self.offsets.sum())
+        start = rng.integers(0, self.offsets[shard])
+        w = np.stack([self.train[k][o:o + self.block_size + 1] for k, o in zip(shard, start)])
+        return self._xy(inject_pauses(w, self.n_pause, self.pause_id, rng))
+
+    def val_batch(self, i: int, inject: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of the i-th batch of fixed validation windows, pause-injected (also fixed) if `inject`."""
+        rows = self.val_windows[(i * self.batch_size + np.arange(self.batch_size)) % len(self.val_windows)]
+        w = np.stack([self.val[k][o:o + self.block_size + 1] for k, o in rows])
+        if inject:
+            w = inject_pauses(w, self.n_pause, self.pause_id, np.random.default_rng((self.seed, i)))
+        return self._xy(w)
+
+    def _xy(self, w: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(w[:, :-1].astype(np.int64))
+        y = torch.from_numpy(w[:, 1:].astype(np.int64))
+        y[y == self.pause_id] = -1  # no loss on targets that are pauses (S_ignore); a pause INPUT keeps its target
+        return x, y
+
+
+# -------------------- inject and show
+@dataclasses.dataclass
+class InjectConfig:
+    """Write pause-injected copies of a prepared data_dir's shards, in windows of block_size tokens."""
+    data_dir: str = opt("data_cache/c4_gpt2", "prepared data directory (from data.py prepare)")
+    out_dir: str = opt("data_cache/c4_gpt2_pause", "output directory for the injected shards and meta.json")
+    block_size: int = opt(2048, "window length; each window gets round(pause_frac*block_size) pauses, then is "
+                                "trimmed back to block_size (a shard's last partial window is dropped)")
+    pause_frac: float = opt(0.1, "pauses per window as a fraction of block_size")
+    seed: int = opt(0, "random seed of the pause positions")
+
+
+def inject(cfg: InjectConfig) -> None:
+    """Write pause-injected shards and their meta.json to cfg.out_dir."""
+    meta = load_meta(cfg.data_dir)
+    if os.path.realpath(cfg.out_dir) == os.path.realpath(cfg.data_dir):
+        raise UserError("--out_dir must differ from --data_dir (inject writes copies)")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    n_pause, B = round(cfg.pause_frac * cfg.block_size), cfg.block_size
+    shards = {}
+    for s_idx, (split, entries) in enumerate(meta["shards"].items()):
+        shards[split] = []
+        for k, s in enumerate(tqdm(entries, desc=f"inject {split}", unit="shard")):
+            n_win = s["tokens"] // B
+            if n_win == 0:
+                continue
+            windows = np.memmap(os.path.join(cfg.data_dir, s["file"]), dtype=np.uint16, mode="r")[:n_win * B]
+            windows = windows.reshape(n_win, B)
+            rng, path = np.random.default_rng((cfg.seed, s_idx, k)), os.path.join(cfg.out_dir, s["file"])
+            with open(path + ".tmp", "wb") as f:
+                for i in range(0, n_win, 4096):  # in chunks, to bound memory on 300M-token shards
+                    f.write(inject_pauses(windows[i:i + 4096], n_pause, meta["pause_id"], rng).tobytes())
+            os.replace(path + ".tmp", path)
+            shards[split].append({**s, "tokens": n_win * B})
+    _write_json(os.path.join(cfg.out_dir, "meta.json"), {**meta, "shards": shards, "pause_frac": cfg.pause_frac,
+                "block_size": B, "injected_from": os.path.abspath(cfg.data_dir)})
+    print(f"inject: {sum(map(len, shards.values()))} shard(s), {n_pause} pauses per {B} tokens, in {cfg.out_dir}")
+
+
+@dataclasses.dataclass
+class ShowConfig:
+    """Print a few decoded training windows of a prepared data_dir, with <pause> visible."""
+    data_dir: str = opt("data_cache/c4_gpt2", "prepared data directory (from data.py prepare)")
+    n: int = opt(2, "number of windows")
+    block_size: int = opt(64, "window length in tokens")
+    pause_frac: float = opt(0.0, "inject round(pause_frac*block_size) pauses per window")
+    seed: int = opt(0, "random seed")
+    bpe_file: str = opt("", "local GPT-2 BPE file; empty: tokenizer.py's search order")
+
+
+def show(cfg: ShowConfig) -> None:
+    """Print the cfg.n windows of training batch 0, decoded."""
+    data = PretrainData(cfg.data_dir, cfg.block_size, cfg.n, cfg.pause_frac, cfg.seed)
+    tok = tokmod.from_meta(data.meta["tokenizer"], cfg.bpe_file or None)
+    for r, row in enumerate(data.batch(0)[0].tolist()):
+        print(f"----- window {r} of training batch 0: {row.count(data.pause_id)} pauses -----\n{tok.decode(row)}")
+
+
+# -------------------- command line
+COMMANDS = {"prepare": (PrepareConfig, prepare), "download": (DownloadConfig, download),
+            "inject": (InjectConfig, inject), "show": (ShowConfig, show)}
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: python data.py {prepare,download,inject,show} [--key=value ...]\n\ncommands:")
+        print("\n".join(f"  {name:9} {cls.__doc__.strip()}" for name, (cls, _) in COMMANDS.items()))
+        for name, (cls, _) in COMMANDS.items():
+            print("\n" + config_help(cls, f"data.py {name}"))
+        return
+    if not argv or argv[0] not in COMMANDS:
+        raise UserError(f"unknown command {argv[0] if argv else ''!r}; choose one of {', '.join(COMMANDS)} "
+                        "(see python data.py --help)")
+    cls, command = COMMANDS[argv[0]]
+    command(parse_config(cls, argv[1:], prog=f"data.py {argv[0]}"))
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
