@@ -1,0 +1,105 @@
+"""plots.py: each figure is a real PNG whose .json holds exactly what was plotted; empty input is a UserError."""
+import json
+
+import pytest
+
+import plots
+from common import UserError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+M_INF = [0, 3, 6, 12]
+M_FT = {"StdPT_StdFT": 0, "StdPT_PauseFT": 6, "PausePT_StdFT": 0, "PausePT_PauseFT": 6}
+
+
+def value(variant: str, m_inf: int) -> float:
+    return round(0.1 * plots.VARIANTS.index(variant) + 0.01 * m_inf + 0.2, 4) if variant in M_FT else 0.15
+
+
+def rec(variant: str, m_ft: int, m_inf: int, metric: str = "em") -> dict:
+    return {"task": "gsm8k", "checkpoint": f"out/{variant}/ckpt.pt", "variant": variant, "m_ft": m_ft,
+            "m_inf": m_inf, "n": 100, "metric": metric, "value": value(variant, m_inf), "stderr": 0.02}
+
+
+@pytest.fixture
+def records() -> list[dict]:
+    # listed in a scrambled order, with a compute-matched baseline and another task's record mixed in
+    rows = [rec(v, M_FT[v], m) for v in reversed(plots.VARIANTS) for m in reversed(M_INF)]
+    rows.insert(3, rec("StdPT_StdFT_matched", 0, 0))
+    rows.append({**rec("StdPT_StdFT", 0, 0), "task": "squad", "value": 0.99})
+    return rows
+
+
+def read_outputs(png) -> dict:
+    data = png.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 5000
+    return json.loads(png.with_suffix(".json").read_text())
+
+
+def test_minf_curve_has_one_series_per_variant_with_its_m_inf(records, tmp_path):
+    out = plots.minf_curve(records, "gsm8k", "em", str(tmp_path / "fig" / "minf.png"))
+    data = read_outputs(tmp_path / "fig" / "minf.png")
+    assert out == str(tmp_path / "fig" / "minf.png")
+    assert [s["label"] for s in data["series"]] == plots.VARIANTS + ["StdPT_StdFT_matched"]
+    assert [s["m_inf"] for s in data["series"]] == [M_INF] * 4 + [[0]]
+    assert data["series"][3]["value"] == [value("PausePT_PauseFT", m) for m in M_INF]
+
+
+def test_minf_curve_baseline_is_its_value_at_own_m_ft(records, tmp_path):
+    plots.minf_curve(records, "gsm8k", "em", str(tmp_path / "minf.png"))
+    base = json.loads((tmp_path / "minf.json").read_text())["baseline"]
+    assert base["label"] == "StdPT_StdFT (M_inf=0)" and base["value"] == value("StdPT_StdFT", 0)
+
+
+def test_minf_curve_baseline_without_own_m_ft_is_the_mean(records, tmp_path):
+    rows = [r for r in records if not (r["variant"] == "StdPT_StdFT" and r["m_inf"] == 0)]
+    plots.minf_curve(rows, "gsm8k", "em", str(tmp_path / "minf.png"))
+    base = json.loads((tmp_path / "minf.json").read_text())["baseline"]
+    assert base["value"] == pytest.approx(sum(value("StdPT_StdFT", m) for m in M_INF[1:]) / 3)
+
+
+def test_variants_bar_takes_each_variant_at_m_inf_equal_m_ft(records, tmp_path):
+    plots.variants_bar(records, "gsm8k", "em", str(tmp_path / "bar.png"))
+    bars = read_outputs(tmp_path / "bar.png")["bars"]
+    assert [b["label"] for b in bars] == plots.VARIANTS + ["StdPT_StdFT_matched"]
+    assert [b["m_inf"] for b in bars] == [0, 6, 0, 6, 0]
+    assert [b["value"] for b in bars] == [value(b["variant"], b["m_inf"]) for b in bars]
+
+
+def test_variants_bar_at_a_fixed_m_inf(records, tmp_path):
+    plots.variants_bar(records, "gsm8k", "em", str(tmp_path / "bar.png"), at="12")
+    bars = json.loads((tmp_path / "bar.json").read_text())["bars"]
+    assert [b["label"] for b in bars] == plots.VARIANTS and {b["m_inf"] for b in bars} == {12}
+
+
+def write_log(path, runs: list[list[dict]]) -> str:
+    path.write_text("".join(json.dumps(line) + "\n" for run in runs for line in run) + '{"step": 9, "lo')
+    return str(path)
+
+
+def test_loss_curves_resumed_log_keeps_the_last_line_of_a_step(tmp_path):
+    first = [{"config": {"max_iters": 6}}, {"step": 0, "val_loss": 11.0}] + \
+            [{"step": s, "loss": 10.0 - s, "lr": 1e-3} for s in range(5)]
+    resumed = [{"config": {"max_iters": 6}, "resumed_from": 3}] + \
+              [{"step": s, "loss": 1.0 / (s + 1), "lr": 1e-3} for s in range(3, 6)] + \
+              [{"step": 6, "val_loss": 5.0, "val_loss_pause": 5.5}]
+    log = write_log(tmp_path / "log.jsonl", [first, resumed])
+    plots.loss_curves({"pause": log}, str(tmp_path / "loss.png"), title="pretraining")
+    run = read_outputs(tmp_path / "loss.png")["runs"]["pause"]
+    assert run["train"]["step"] == [0, 1, 2, 3, 4, 5]
+    assert run["train"]["loss"] == [10.0, 9.0, 8.0, 0.25, 0.2, 1 / 6]
+    assert run["val"] == {"step": [0, 6], "val_loss": [11.0, 5.0], "val_loss_pause": [None, 5.5]}
+
+
+def test_running_mean_is_trailing():
+    assert plots.running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+
+
+@pytest.mark.parametrize("call", [
+    lambda recs, out: plots.minf_curve(recs, "hellaswag", "acc", out),
+    lambda recs, out: plots.variants_bar(recs, "gsm8k", "f1", out),
+    lambda recs, out: plots.loss_curves({"a": out + ".missing.jsonl"}, out),
+])
+def test_empty_input_is_a_user_error(call, records, tmp_path):
+    with pytest.raises(UserError):
+        call(records, str(tmp_path / "empty.png"))
+    assert not (tmp_path / "empty.png").exists()
