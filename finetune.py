@@ -46,7 +46,7 @@ def pause_id_for(tok, filler: str) -> int:
     """The token placed between prefix and target: <pause>, or for the filler ablation an ordinary one."""
     if not filler:
         return tok.pause_id
-    ids = tok.encode(filler)
+    ids = tok.encode(filler.replace("\\n", "\n"))  # "\n" typed on a command line means a newline
     if len(ids) != 1:
         raise UserError(f"--filler={filler!r} must be exactly one token, it is {len(ids)}")
     return ids[0]

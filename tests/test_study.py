@@ -1,0 +1,64 @@
+"""study.py: the seed statistics are right, and a miniature CPU study runs every stage and writes its outputs."""
+import json
+import math
+import os
+
+import pytest
+
+import study
+
+
+def rec(variant, seed, m_inf, value, metric="em"):
+    return {"task": "gsm8k", "variant": variant, "seed": seed, "m_inf": m_inf, "metric": metric, "value": value,
+            "stderr": 0.01, "n": 100, "m_ft": 0}
+
+
+def test_paired_differences_are_seed_by_seed_at_each_variants_m_ft():
+    records = [rec("StdPT_StdFT", s, 0, v) for s, v in enumerate([0.50, 0.60, 0.70])]
+    records += [rec("StdPT_StdFT", s, 4, 0.0) for s in range(3)]  # the baseline at another M_inf: not used
+    records += [rec("PausePT_PauseFT", s, 4, v) for s, v in enumerate([0.55, 0.70, 0.74])]
+    records += [rec("PausePT_PauseFT", s, 0, 1.0) for s in range(3)]  # the variant at another M_inf: not used
+    [p] = study.paired(records, "em", {"StdPT_StdFT": 0, "PausePT_PauseFT": 4})
+    diffs = [0.05, 0.10, 0.04]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    assert p["diffs"] == pytest.approx(diffs) and p["mean_diff"] == pytest.approx(mean)
+    assert p["std"] == pytest.approx(sd) and p["stderr"] == pytest.approx(sd / math.sqrt(3))
+    assert p["t"] == pytest.approx(mean / (sd / math.sqrt(3))) and p["wins"] == 3
+
+
+def test_aggregate_means_over_seeds_with_their_standard_error():
+    agg = study.aggregate([rec("StdPT_StdFT", s, 0, v) for s, v in enumerate([0.2, 0.4, 0.9])])
+    [a] = agg
+    assert a["value"] == pytest.approx(0.5) and a["n_seeds"] == 3
+    assert a["std"] == pytest.approx(math.sqrt(((0.3) ** 2 + 0.1 ** 2 + 0.4 ** 2) / 2))
+    assert a["stderr"] == pytest.approx(a["std"] / math.sqrt(3))
+
+
+def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "CPU_SYNTH", ["--n=5", "--lo=0", "--hi=16", "--n_train=300", "--n_test=40",
+                                             "--corpus_docs=40", "--val_docs=10", "--problems_per_doc=16"])
+    monkeypatch.setattr(study, "CPU_PRETRAIN", {**study.CPU_PRETRAIN, "n_layer": 1, "n_embd": 16, "n_head": 2,
+                                                "block_size": 48, "batch_size": 8, "max_iters": 6, "eval_interval": 3,
+                                                "eval_iters": 2, "warmup_iters": 1})
+    argv = ["--preset=cpu", f"--out_dir={tmp_path}", "--seeds=2", "--ft_iters=4", "--ft_batch_size=8",
+            "--m_ft=3", "--m_inf=0,3", "--max_examples=20", "--device=cpu"]
+    cfg = study.apply_preset(study.parse_config(study.StudyConfig, argv), argv)
+    assert cfg.m_ft == 3 and cfg.filler == "\\n" and cfg.compute_matched  # given keys win over the preset
+    study.main(cfg)
+    summary = json.load(open(tmp_path / "summary.json"))
+    names = [v["name"] for v in study.variants(cfg)]
+    assert names == list(study.VARIANTS) + ["StdPT_FillerFT", "StdPT_StdFT_matched"]
+    assert {(r["variant"], r["seed"], r["m_inf"]) for r in summary["records"]} == {
+        (n, s, m) for n in names for s in (0, 1) for m in (0, 3)}
+    assert {p["variant"] for p in summary["paired"]} == set(names) - {"StdPT_StdFT"}
+    assert all(p["n_seeds"] == 2 for p in summary["paired"])
+    matched = next(r for r in summary["records"] if r["variant"] == "StdPT_StdFT_matched")
+    assert matched["ft_iters"] > 4  # more steps: as many tokens as PauseFT, pauses counted
+    for f in ("summary.md", "minf_curve.png", "variants.png", "pretrain_loss.png", "finetune_loss.png"):
+        assert os.path.getsize(tmp_path / f) > 1000
+    assert "PausePT_PauseFT" in (tmp_path / "summary.md").read_text()
+    # a second run reuses every finished run and result
+    mtimes = {p: os.path.getmtime(p) for p in (tmp_path / "seed1" / "PausePT_PauseFT").iterdir()}
+    study.main(cfg)
+    assert mtimes == {p: os.path.getmtime(p) for p in (tmp_path / "seed1" / "PausePT_PauseFT").iterdir()}
