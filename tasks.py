@@ -395,3 +395,30 @@ def score_choices(ex: Example, logliks: list[float]) -> dict[str, float]:
     best = max(range(len(logliks)), key=lambda i: logliks[i])
     best_norm = max(range(len(logliks)), key=lambda i: logliks[i] / max(1, len(ex.choices[i].lstrip(" "))))
     return {"acc": float(best == ex.label), "acc_norm": float(best_norm == ex.label)}
+
+
+# ------------------------------------------------------------------------------------- download command
+
+@dataclass
+class DownloadTasksConfig:
+    """Fetch tasks' official files (resumable, sha256-checked where known) into OUT_DIR/TASK/."""
+    task: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "tasks to fetch (default: all nine)"})
+    out_dir: str = field(default=os.path.join("data", "tasks"), metadata={"help": "files go to OUT_DIR/TASK/<official name>"})
+    splits: list[str] = field(default_factory=lambda: ["train", "eval"], metadata={"help": "splits to fetch"})
+
+
+def main(argv: list[str]) -> None:
+    from common import parse_config
+    if not argv or argv[0] != "download":
+        raise UserError("usage: python tasks.py download [--task=gsm8k,squad] [--out_dir=data/tasks]; see --help")
+    cfg = parse_config(DownloadTasksConfig, argv[1:], prog="tasks.py download")
+    for name in cfg.task:
+        splits = tuple(s for s in cfg.splits if s in get_spec(name).files)  # LAMBADA has no train split
+        for split, path in download_task(name, os.path.join(cfg.out_dir, name), splits).items():
+            print(f"{name} {split}: {path}")
+
+
+if __name__ == "__main__":
+    import sys
+    from common import run_main
+    run_main(main, sys.argv[1:])

@@ -82,3 +82,20 @@ def test_download_refuses_a_sha256_mismatch(server, tmp_path):
     with pytest.raises(UserError, match="sha256"):
         data.download_file(server.url + "/f.json.gz", str(tmp_path / "f.json.gz"), sha256="0" * 64)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_task_download_command_fetches_official_files(server, tmp_path, monkeypatch):
+    import tasks
+    rows = b'{"question": "What is 2+3?", "answer": "2+3=5\\n#### 5"}\n'
+    server.files.update({"/gsm/train.jsonl": rows, "/gsm/test.jsonl": rows})
+    sha = hashlib.sha256(rows).hexdigest()
+    spec = tasks.TASKS["gsm8k"]
+    monkeypatch.setitem(tasks.TASKS, "gsm8k", tasks.TaskSpec(spec.name, spec.kind, spec.metrics, spec.stop, {
+        "train": (server.url + "/gsm/train.jsonl", sha, "train.jsonl"),
+        "eval": (server.url + "/gsm/test.jsonl", "0" * 64, "test.jsonl")}))
+    tasks.main(["download", "--task=gsm8k", f"--out_dir={tmp_path}", "--splits=train"])
+    [ex] = tasks.load_task("gsm8k", str(tmp_path / "gsm8k" / "train.jsonl"))
+    assert ex.answers == ["5"]
+    with pytest.raises(UserError, match="sha256"):  # a file that is not the official one is refused
+        tasks.main(["download", "--task=gsm8k", f"--out_dir={tmp_path}", "--splits=eval"])
+    assert not (tmp_path / "gsm8k" / "test.jsonl").exists()
