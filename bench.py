@@ -27,8 +27,8 @@ class BenchConfig:
     """Benchmark training and sampling on random GPT-2-sized tokens with a preset's model."""
     preset: str = opt("config/tiny.toml", "train.py config file giving the model and batch sizes")
     batch_size: int = opt(0, "override the preset's micro-batch size (0 = keep)")
-    steps: int = opt(10, "timed training steps per run (after warmup)")
-    warmup: int = opt(3, "untimed steps first (compilation, allocator)")
+    steps: int = opt(5, "timed training steps per run (after warmup)")
+    warmup: int = opt(2, "untimed steps first (compilation, allocator)")
     prompt_len: int = opt(64, "prompt tokens for the sampling benchmarks")
     new_tokens: int = opt(32, "tokens decoded in the sampling benchmark")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")

@@ -1,9 +1,9 @@
 """Data: download C4, tokenize it into flat uint16 shards, inject pauses, serve pretraining batches.
 
-    python data.py download --n_train=1 --n_val=1 --out_dir=data_cache/c4
-    python data.py prepare --input='data_cache/c4/c4-train.*' --val_input='data_cache/c4/c4-validation.*'
-    python data.py show --data_dir=data_cache/c4_gpt2 --pause_frac=0.1
-    python data.py inject --data_dir=data_cache/c4_gpt2 --out_dir=data_cache/c4_gpt2_pause --pause_frac=0.1
+    python data.py download --n_train=1 --n_val=1 --out_dir=data/c4_raw
+    python data.py prepare --input='data/c4_raw/c4-train.*' --val_input='data/c4_raw/c4-validation.*'
+    python data.py show --data_dir=data/c4 --pause_frac=0.1
+    python data.py inject --data_dir=data/c4 --out_dir=data/c4_pause --pause_frac=0.1
 
 Pause-pretraining happens in `inject_pauses` (insert pauses, trim) and in `PretrainData.batch`
 (the one line that masks targets that are pauses); everything else is ordinary nanoGPT-style data.
@@ -78,7 +78,7 @@ C4_URL = "https://huggingface.co/datasets/allenai/c4/resolve/main/en"
 @dataclasses.dataclass
 class DownloadConfig:
     """Download C4 (allenai/c4, English) train and validation shards."""
-    out_dir: str = opt("data_cache/c4", "directory for the .json.gz shards")
+    out_dir: str = opt("data/c4_raw", "directory for the .json.gz shards")
     n_train: int = opt(1, "number of train shards (of 1024, about 318 MB and 356k documents each)")
     n_val: int = opt(1, "number of validation shards (of 8, about 40 MB each)")
     start: int = opt(0, "index of the first train shard")
@@ -166,7 +166,7 @@ class PrepareConfig:
                                "'text' per line) or .txt (one document per file)")
     val_input: list[str] = opt([], "validation files or globs (e.g. C4 validation shards); empty: hold out "
                                    "val_frac of each input's documents")
-    out_dir: str = opt("data_cache/c4_gpt2", "output directory for the shards and meta.json")
+    out_dir: str = opt("data/c4", "output directory for the shards and meta.json")
     tokenizer: str = opt("gpt2", "gpt2, char or word")
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken); empty: tokenizer.py's search order")
     val_frac: float = opt(0.005, "fraction of documents held out for validation when val_input is empty")
@@ -228,7 +228,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     """Tokenize cfg.input (and cfg.val_input) into cfg.out_dir; resumable. Returns the meta written."""
     train, val = _expand(cfg.input), _expand(cfg.val_input)
     if not train:
-        raise UserError("no --input given; e.g. --input='data_cache/c4/c4-train.*'")
+        raise UserError("no --input given; e.g. --input='data/c4_raw/c4-train.*'")
     if not 0 <= cfg.val_frac < 1:
         raise UserError(f"--val_frac must be in [0, 1), got {cfg.val_frac}")
     held_out = cfg.val_frac > 0 and not val
@@ -365,8 +365,8 @@ class PretrainData:
 @dataclasses.dataclass
 class InjectConfig:
     """Write pause-injected copies of a prepared data_dir's shards, in windows of block_size tokens."""
-    data_dir: str = opt("data_cache/c4_gpt2", "prepared data directory (from data.py prepare)")
-    out_dir: str = opt("data_cache/c4_gpt2_pause", "output directory for the injected shards and meta.json")
+    data_dir: str = opt("data/c4", "prepared data directory (from data.py prepare)")
+    out_dir: str = opt("data/c4_pause", "output directory for the injected shards and meta.json")
     block_size: int = opt(2048, "window length; each window gets round(pause_frac*block_size) pauses, then is "
                                 "trimmed back to block_size (a shard's last partial window is dropped)")
     pause_frac: float = opt(0.1, "pauses per window as a fraction of block_size")
@@ -403,7 +403,7 @@ def inject(cfg: InjectConfig) -> None:
 @dataclasses.dataclass
 class ShowConfig:
     """Print a few decoded training windows of a prepared data_dir, with <pause> visible."""
-    data_dir: str = opt("data_cache/c4_gpt2", "prepared data directory (from data.py prepare)")
+    data_dir: str = opt("data/c4", "prepared data directory (from data.py prepare)")
     n: int = opt(2, "number of windows")
     block_size: int = opt(64, "window length in tokens")
     pause_frac: float = opt(0.0, "inject round(pause_frac*block_size) pauses per window")

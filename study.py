@@ -21,7 +21,7 @@ import plots
 import synth
 import tasks
 import train
-from common import UserError, load_checkpoint, opt, parse_config, run_main
+from common import UserError, load_checkpoint, load_toml, opt, parse_config, run_main
 
 VARIANTS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
 BASELINE = "StdPT_StdFT"
@@ -30,9 +30,7 @@ BASELINE = "StdPT_StdFT"
 CPU_PRESET = {"task": "gsm8k", "m_ft": 12, "m_inf": [0, 3, 6, 12, 18, 24], "filler": "\\n", "compute_matched": True,
               "ft_iters": 1000, "ft_batch_size": 64, "ft_lr": 1e-3, "max_examples": 1000}
 CPU_SYNTH = ["--n=12", "--lo=0", "--hi=64", "--n_train=20000", "--n_test=1000", "--corpus_docs=2000"]
-CPU_PRETRAIN = {"n_layer": 3, "n_head": 4, "n_embd": 64, "block_size": 128, "batch_size": 32, "max_iters": 1500,
-                "learning_rate": 3e-3, "min_lr": 3e-4, "warmup_iters": 100, "eval_interval": 500, "eval_iters": 10,
-                "log_interval": 50, "weight_decay": 0.1}
+CPU_PRETRAIN = load_toml(train.TrainConfig, os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "tiny.toml"))
 
 
 @dataclass

@@ -8,7 +8,7 @@ Writes the task as GSM8K (train.jsonl / test.jsonl, answers "#### N") and a pret
 problems laid out as "Question: {question}\\nAnswer: {answer}", the layout finetuning uses. No test
 question ever appears in the corpus.
 
-    python synth.py --out_dir=data_cache/synth --n=12 --lo=0 --hi=64
+    python synth.py --out_dir=data/synth --n=12 --lo=0 --hi=64
 """
 import datetime
 import gzip
@@ -148,7 +148,7 @@ def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tup
 @dataclass
 class SynthConfig:
     """Write the largest-gap task (GSM8K format) and its pretraining corpus (C4 format)."""
-    out_dir: str = opt("data_cache/synth", "folder for train.jsonl, test.jsonl and the c4-*.json.gz corpus")
+    out_dir: str = opt("data/synth", "folder for train.jsonl, test.jsonl and the c4-*.json.gz corpus")
     n: int = opt(12, "numbers per task question")
     lo: int = opt(0, "smallest number")
     hi: int = opt(64, "numbers are below hi")
