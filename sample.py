@@ -65,8 +65,8 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, vocab_si
     masked, so they are never emitted. Returns the new tokens of each row, cut before stop_id."""
     device, block = model.lm_head.weight.device, model.config.block_size
     longest = max(len(p) for p in prompts)
-    if longest > block:
-        raise UserError(f"a prompt with its pauses is {longest} tokens, more than the block size {block}")
+    if longest >= block:
+        raise UserError(f"a prompt with its pauses is {longest} tokens: the block size {block} leaves no room to answer")
     max_new_tokens = min(max_new_tokens, block - longest)
     idx = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
     mask = torch.zeros(len(prompts), longest, dtype=torch.bool, device=device)
@@ -108,7 +108,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, vocab_si
 def main(cfg: SampleConfig) -> None:
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     model, tok, meta = load_model(cfg.ckpt, rt.device, cfg.bpe_file or None)
-    m_inf = cfg.m_inf if cfg.m_inf >= 0 else meta.get("m_ft", 0)
+    m_inf = meta.get("m_ft", 0) if cfg.m_inf == -1 else cfg.m_inf
     text = cfg.prompt
     if text.startswith("FILE:"):
         with open(text[5:], encoding="utf-8") as f:

@@ -1,0 +1,75 @@
+"""Every script: --help lists every option; a bad option or value is one line on stderr and exit status 2."""
+import dataclasses
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from common import parse_config, run_main, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = [("train", "TrainConfig"), ("finetune", "FinetuneConfig"), ("sample", "SampleConfig"),
+           ("eval", "EvalConfig"), ("study", "StudyConfig"), ("bench", "BenchConfig"), ("synth", "SynthConfig"),
+           ("tasks", "DownloadTasksConfig"), ("data", "PrepareConfig"), ("data", "DownloadConfig"),
+           ("data", "InjectConfig"), ("data", "ShowConfig")]
+SCRIPTS = ["train.py", "finetune.py", "sample.py", "eval.py", "study.py", "bench.py", "synth.py",
+           "tasks.py download", "data.py prepare"]
+
+
+@pytest.mark.parametrize("module,name", CONFIGS)
+def test_help_lists_every_option_with_its_help(module, name, capsys):
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(SystemExit) as e:
+        parse_config(cls, ["--help"], prog=module)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(cls):
+        assert f"--{f.name}=" in out and f.metadata.get("help"), f.name
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_unknown_option_is_one_line_and_exit_2(script):
+    cmd = [sys.executable, *script.split(), "--no_such_option=1"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("error: unknown option --no_such_option") and "\n" not in p.stderr.strip()
+
+
+def test_wrong_type_in_a_config_file_is_refused(tmp_path, capsys):
+    import train
+    (tmp_path / "bad.toml").write_text('n_layer = "six"\n')
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: parse_config(train.TrainConfig, [str(tmp_path / "bad.toml")]))
+    assert e.value.code == 2 and "--n_layer expects int" in capsys.readouterr().err
+
+
+def sample_error(args, capsys) -> str:
+    import sample
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: sample.main(parse_config(sample.SampleConfig, ["--device=cpu", *args])))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_sample_bad_inputs(tmp_path, capsys):
+    from model import GPT, GPTConfig
+    from tokenizer import CharTokenizer
+    tok = CharTokenizer.build(["abc \n"])
+    conf = GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=1, n_embd=8, pause_id=tok.pause_id)
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, GPT(conf), None, {"model": dataclasses.asdict(conf), "tokenizer": tok.meta()})
+    assert "does not exist" in sample_error([f"--ckpt={tmp_path}/none.pt"], capsys)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert "corrupt" in sample_error([f"--ckpt={tmp_path}/bad.pt"], capsys)
+    assert ">= 0" in sample_error([f"--ckpt={path}", "--m_inf=-2", "--prompt=abc"], capsys)
+    assert "block size" in sample_error([f"--ckpt={path}", "--m_inf=10", "--prompt=abcabc"], capsys)
+    wrong = dataclasses.replace(conf, pause_id=3)  # a model whose pause slot is not its tokenizer's
+    save_checkpoint(str(tmp_path / "other.pt"), GPT(wrong), None,
+                    {"model": dataclasses.asdict(wrong), "tokenizer": tok.meta()})
+    assert "does not fit its tokenizer" in sample_error([f"--ckpt={tmp_path}/other.pt"], capsys)
+    assert os.path.getsize(path) > 0 and torch.load(path, weights_only=True)["meta"]["tokenizer"] == tok.meta()
