@@ -28,7 +28,7 @@ BASELINE = "StdPT_StdFT"
 
 # The CPU demonstration: the largest-gap task, a 3-layer 64-wide model, one token per number.
 CPU_PRESET = {"task": "gsm8k", "m_ft": 12, "m_inf": [0, 3, 6, 12, 18, 24], "filler": "\\n", "compute_matched": True,
-              "ft_iters": 1000, "ft_batch_size": 64, "ft_lr": 1e-3, "max_examples": 1000}
+              "ft_iters": 2500, "ft_batch_size": 64, "ft_lr": 1e-3, "max_examples": 1000}
 CPU_SYNTH = ["--n=12", "--lo=0", "--hi=64", "--n_train=20000", "--n_test=1000", "--corpus_docs=2000"]
 CPU_PRETRAIN = load_toml(train.TrainConfig, os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "tiny.toml"))
 
