@@ -3,12 +3,17 @@
 The question is n distinct integers from [lo, hi) in random order; the answer is the largest difference
 between consecutive values once sorted. Each number must be compared with many others and these
 comparisons are independent of each other, so extra positions (pauses) before the answer are useful room.
-Writes the task as GSM8K (train.jsonl / test.jsonl, answers "#### N") and a pretraining corpus as C4
-(c4-train.00000-of-00001.json.gz, c4-validation.00000-of-00001.json.gz): documents of solved gap/min/max/sort
-problems laid out as "Question: {question}\\nAnswer: {answer}", the layout finetuning uses. No test
-question ever appears in the corpus.
+Writes the task (train.jsonl / test.jsonl) and a pretraining corpus as C4 (c4-train.00000-of-00001.json.gz,
+c4-validation.00000-of-00001.json.gz): documents of solved gap/min/max/sort problems in the task's layout.
+Two layouts, each an official task format read by tasks.py:
+  lambada: {"text": "gap 3 17 8 9"}, the answer is the last word; nothing stands between question and
+           answer, so a model without pauses computes it in one position (that of the last number), as
+           in the prototype of the issue that specified this task;
+  gsm8k:   {"question": "gap 3 17 8", "answer": "#### 9"}, prompted "Question: …\\nAnswer:" and answered
+           "#### 9", which gives a model without pauses three more positions ("\\n", "Answer:", "####").
+No test question ever appears in the corpus.
 
-    python synth.py --out_dir=data/synth --n=12 --lo=0 --hi=64
+    python synth.py --out_dir=data/synth --n=12 --lo=0 --hi=64 --layout=lambada
 """
 import datetime
 import gzip
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from common import UserError, opt, parse_config, run_main
 
 KINDS = ("gap", "min", "max", "sort")
+LAYOUTS = ("lambada", "gsm8k")
 TRAIN_CORPUS = "c4-train.00000-of-00001.json.gz"
 VAL_CORPUS = "c4-validation.00000-of-00001.json.gz"
 
@@ -48,10 +54,14 @@ def task_text(kind: str, values: list[int]) -> tuple[str, str]:
     return f"{kind} {' '.join(map(str, values))}", f"#### {' '.join(map(str, answers[kind]()))}"
 
 
-def problem_text(kind: str, values: list[int]) -> str:
-    """One solved problem in the layout of the finetuning prompt + target."""
+def problem_text(kind: str, values: list[int], layout: str = "lambada") -> str:
+    """One solved problem as the task's prompt + target lay it out."""
     question, answer = task_text(kind, values)
-    return f"Question: {question}\nAnswer: {answer}"
+    if layout == "gsm8k":
+        return f"Question: {question}\nAnswer: {answer}"
+    if layout == "lambada":
+        return f"{question} {answer.removeprefix('#### ')}"
+    raise UserError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
 
 
 def _draw(rng: random.Random, count: int, n: int, lo: int, hi: int, banned: set) -> list[list[int]]:
@@ -65,16 +75,19 @@ def _draw(rng: random.Random, count: int, n: int, lo: int, hi: int, banned: set)
     return out
 
 
-def _write_jsonl(path: str, values_list: list[list[int]]) -> None:
+def _write_jsonl(path: str, values_list: list[list[int]], layout: str) -> None:
     with open(path, "w") as f:
         for values in values_list:
             question, answer = task_text("gap", values)
-            f.write(json.dumps({"question": question, "answer": answer}) + "\n")
+            row = {"question": question, "answer": answer} if layout == "gsm8k" else \
+                {"text": problem_text("gap", values, layout)}
+            f.write(json.dumps(row) + "\n")
 
 
 def write_task(out_dir: str, n: int = 12, lo: int = 0, hi: int = 64, n_train: int = 20000, n_test: int = 2000,
-               seed: int = 0, test_seed: int | None = None) -> dict:
-    """Write GSM8K-format train.jsonl and test.jsonl; the test split has its own seed and shares no question."""
+               seed: int = 0, test_seed: int | None = None, layout: str = "lambada") -> dict:
+    """Write train.jsonl and test.jsonl in a layout's format; the test split has its own seed and shares no question."""
+    problem_text("gap", [lo, lo + 1], layout)  # raises on an unknown layout
     if n < 2 or hi - lo < n:
         raise UserError(f"need 2 <= n <= hi - lo, got n={n}, lo={lo}, hi={hi}")
     if n_train + n_test > math.perm(hi - lo, n) // 2:  # keep redraws rare
@@ -84,21 +97,22 @@ def write_task(out_dir: str, n: int = 12, lo: int = 0, hi: int = 64, n_train: in
     test = _draw(random.Random(test_seed), n_test, n, lo, hi, set())
     train = _draw(random.Random(seed), n_train, n, lo, hi, {tuple(v) for v in test})
     os.makedirs(out_dir, exist_ok=True)
-    _write_jsonl(os.path.join(out_dir, "train.jsonl"), train)
-    _write_jsonl(os.path.join(out_dir, "test.jsonl"), test)
-    return {"train": len(train), "test": len(test), "seed": seed, "test_seed": test_seed,
+    _write_jsonl(os.path.join(out_dir, "train.jsonl"), train, layout)
+    _write_jsonl(os.path.join(out_dir, "test.jsonl"), test, layout)
+    return {"train": len(train), "test": len(test), "seed": seed, "test_seed": test_seed, "layout": layout,
             "test_questions": [task_text("gap", v)[0] for v in test]}
 
 
-def task_words(lo: int, hi: int) -> set[str]:
+def task_words(lo: int, hi: int, layout: str = "lambada") -> set[str]:
     """Every word a task prompt or answer can contain: numbers lo..hi-1 and gaps 1..hi-lo-1."""
-    return {"Question:", "Answer:", "####", "gap"} | {str(v) for v in range(lo, hi)} | \
+    layout_words = {"Question:", "Answer:", "####"} if layout == "gsm8k" else set()
+    return layout_words | {"gap"} | {str(v) for v in range(lo, hi)} | \
         {str(g) for g in range(1, hi - lo)}
 
 
 def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tuple[int, int] = (4, 12),
                  lo: int = 0, hi: int = 64, kinds: tuple[str, ...] = KINDS, seed: int = 1,
-                 exclude: set[str] = frozenset()) -> dict:
+                 exclude: set[str] = frozenset(), layout: str = "lambada") -> dict:
     """Write a C4-format .json.gz of `n_docs` documents of solved problems, none on an excluded question."""
     n_min, n_max = n_range
     if not 2 <= n_min <= n_max <= hi - lo:
@@ -119,14 +133,14 @@ def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tup
                 if misses > 100_000:
                     raise UserError("almost every corpus problem is a test question; widen [lo, hi) or --corpus_n")
                 continue
-            doc.append(problem_text(kind, values))
+            doc.append(problem_text(kind, values, layout))
         docs.append(doc)
     # Rare answer words (a largest gap of 1, say) get one problem each, so the vocabulary covers every answer.
     words = {w for doc in docs for p in doc for w in p.split()}
     extra = [("gap", [lo + g, lo]) for g in range(1, hi - lo)] + [("sort", [v]) for v in range(lo, hi)]
     filled = 0
     for kind, values in extra:
-        text = problem_text(kind, values)
+        text = problem_text(kind, values, layout)
         if set(text.split()) - words and frozenset(values) not in banned:
             docs[-1].append(text)
             words.update(text.split())
@@ -142,7 +156,7 @@ def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tup
     with open(out_path, "wb") as f:  # mtime=0: same seeds, same bytes
         f.write(gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6, mtime=0))
     return {"path": out_path, "docs": len(docs), "problems": sum(map(len, docs)), "tokens": tokens,
-            "filled": filled, "missing": sorted(task_words(lo, hi) - words)}
+            "filled": filled, "missing": sorted(task_words(lo, hi, layout) - words)}
 
 
 @dataclass
@@ -161,6 +175,8 @@ class SynthConfig:
     problems_per_doc: int = opt(64, "solved problems per document")
     corpus_n: list[int] = opt([4, 12], "smallest,largest n of corpus problems")
     kinds: list[str] = opt(list(KINDS), "problem kinds in the corpus")
+    layout: str = opt("lambada", "task format and problem layout: 'lambada' (gap 3 17 8 9) or 'gsm8k' "
+                                 "(Question: gap 3 17 8\\nAnswer: #### 9)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,21 +184,24 @@ def main(argv: list[str] | None = None) -> None:
     if len(cfg.corpus_n) != 2:
         raise UserError(f"--corpus_n expects two numbers, e.g. --corpus_n=4,12; got {cfg.corpus_n}")
     t0 = time.time()
-    task = write_task(cfg.out_dir, cfg.n, cfg.lo, cfg.hi, cfg.n_train, cfg.n_test, cfg.seed, cfg.test_seed)
+    task = write_task(cfg.out_dir, cfg.n, cfg.lo, cfg.hi, cfg.n_train, cfg.n_test, cfg.seed, cfg.test_seed,
+                      cfg.layout)
     shared = dict(n_range=tuple(cfg.corpus_n), lo=cfg.lo, hi=cfg.hi, kinds=tuple(cfg.kinds),
-                  exclude=set(task["test_questions"]))
+                  exclude=set(task["test_questions"]), layout=cfg.layout)
     train = write_corpus(os.path.join(cfg.out_dir, TRAIN_CORPUS), cfg.corpus_docs, cfg.problems_per_doc,
                          seed=cfg.seed + 1, **shared)
     val = write_corpus(os.path.join(cfg.out_dir, VAL_CORPUS), cfg.val_docs, cfg.problems_per_doc,
                        seed=cfg.seed + 2, **shared)
     if train["missing"]:
         raise UserError(f"the corpus lacks task word(s) {train['missing'][:5]}; change --corpus_n or the range")
-    print(f"task: {task['train']} train / {task['test']} test questions of n={cfg.n} from [{cfg.lo}, {cfg.hi}) "
+    print(f"task ({cfg.layout} format): {task['train']} train / {task['test']} test questions of n={cfg.n} "
+          f"from [{cfg.lo}, {cfg.hi}) "
           f"(seeds {task['seed']} / {task['test_seed']}) in {cfg.out_dir}")
     for name, c in (("train corpus", train), ("val corpus", val)):
         print(f"{name}: {c['docs']} docs, {c['problems']} problems, {c['tokens']:,} word tokens, "
               f"{c['filled']} coverage problems added -> {c['path']}")
-    print(f"coverage: all {len(task_words(cfg.lo, cfg.hi))} task words in the train corpus; {time.time() - t0:.1f}s")
+    n_words = len(task_words(cfg.lo, cfg.hi, cfg.layout))
+    print(f"coverage: all {n_words} task words in the train corpus; {time.time() - t0:.1f}s")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""synth.py: the largest-gap task (GSM8K format) and its pretraining corpus (C4 format)."""
+"""synth.py: the largest-gap task (LAMBADA or GSM8K format) and its pretraining corpus (C4 format)."""
 import gzip
 import json
 import os
@@ -8,7 +8,8 @@ import re
 import pytest
 
 from common import UserError
-from synth import (TRAIN_CORPUS, VAL_CORPUS, largest_gap, main, make_question, task_text,
+import tasks
+from synth import (TRAIN_CORPUS, VAL_CORPUS, largest_gap, main, make_question, problem_text, task_text,
                    write_corpus, write_task)
 from tokenizer import WordTokenizer
 
@@ -30,7 +31,15 @@ def corpus_rows(path):
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
+    """The GSM8K layout (the tests below read its files); `out_lambada` is the default layout."""
     d = str(tmp_path_factory.mktemp("synth"))
+    main(ARGS + ["--layout=gsm8k", f"--out_dir={d}"])
+    return d
+
+
+@pytest.fixture(scope="module")
+def out_lambada(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("synth_lambada"))
     main(ARGS + [f"--out_dir={d}"])
     return d
 
@@ -47,6 +56,38 @@ def test_task_text_of_each_kind():
     assert task_text("min", [5, 3, 9]) == ("min 5 3 9", "#### 3")
     assert task_text("max", [5, 3, 9]) == ("max 5 3 9", "#### 9")
     assert task_text("sort", [5, 3, 9]) == ("sort 5 3 9", "#### 3 5 9")
+
+
+def test_problem_text_of_each_layout():
+    assert problem_text("gap", [1, 10, 4], "lambada") == "gap 1 10 4 6"  # nothing between question and answer
+    assert problem_text("gap", [1, 10, 4], "gsm8k") == "Question: gap 1 10 4\nAnswer: #### 6"
+    assert problem_text("sort", [5, 3], "lambada") == "sort 5 3 3 5"
+    with pytest.raises(UserError):
+        problem_text("gap", [1, 2], "squad")
+
+
+def test_lambada_layout_task_files_read_as_lambada_with_the_gap_as_last_word(out_lambada):
+    for split, count in (("train", 60), ("test", 100)):
+        rows = read_jsonl(os.path.join(out_lambada, f"{split}.jsonl"))
+        assert len(rows) == count and all(set(r) == {"text"} for r in rows)
+        examples = tasks.load_task("lambada", os.path.join(out_lambada, f"{split}.jsonl"))
+        for e in examples:
+            kind, *words = e.prefix.split(" ")
+            values = [int(w) for w in words]
+            assert kind == "gap" and len(set(values)) == N and all(LO <= v < HI for v in values)
+            assert e.target == f" {largest_gap(values)}" and e.answers == [str(largest_gap(values))]
+
+
+def test_lambada_layout_corpus_solved_and_without_test_questions(out_lambada):
+    text = "\n\n".join(r["text"] for r in corpus_rows(os.path.join(out_lambada, TRAIN_CORPUS)))
+    problems = [p.split(" ") for p in text.split("\n\n")]
+    assert len(problems) >= 20 * 30 and "Question:" not in text
+    for kind, *words in problems:
+        n = (len(words) // 2) if kind == "sort" else len(words) - 1
+        values = [int(w) for w in words[:n]]
+        assert problem_text(kind, values, "lambada") == " ".join([kind] + words)
+    test = {e.prefix for e in tasks.load_task("lambada", os.path.join(out_lambada, "test.jsonl"))}
+    assert not test & {" ".join(p[:N + 1]) for p in problems if len(p) == N + 2}
 
 
 def test_unknown_kind_is_a_user_error():
@@ -125,7 +166,7 @@ def test_word_tokenizer_from_corpus_encodes_task_with_one_token_per_number(out):
 
 def test_same_seeds_give_same_bytes(tmp_path):
     for d in ("a", "b"):
-        main(ARGS + [f"--out_dir={tmp_path / d}"])
+        main(ARGS + ["--layout=gsm8k", f"--out_dir={tmp_path / d}"])
     for name in ("train.jsonl", "test.jsonl", TRAIN_CORPUS, VAL_CORPUS):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
