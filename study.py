@@ -25,6 +25,7 @@ from common import UserError, load_checkpoint, load_toml, opt, parse_config, run
 
 VARIANTS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
 BASELINE = "StdPT_StdFT"
+MATCHED = "StdPT_StdFT_matched"
 
 # The CPU demonstration: the largest-gap task, a 3-layer 64-wide model, one token per number. Its task
 # is written in LAMBADA's format (--task=gsm8k: GSM8K's, whose prompt gives models without pauses more room).
@@ -104,7 +105,7 @@ def variants(cfg: StudyConfig) -> list[dict]:
     if cfg.prepend:
         runs.append({"name": "PausePT_PauseFT_prepend", "pt": "PausePT", "m_ft": cfg.m_ft, "prepend": True})
     if cfg.compute_matched:
-        runs.append({"name": "StdPT_StdFT_matched", "pt": "StdPT", "m_ft": 0, "matched": True})
+        runs.append({"name": MATCHED, "pt": "StdPT", "m_ft": 0, "matched": True})
     return runs
 
 
@@ -162,29 +163,41 @@ def aggregate(records: list[dict]) -> list[dict]:
     return sorted(out, key=lambda r: (r["variant"], r["metric"], r["m_inf"]))
 
 
-def paired(records: list[dict], metric: str, m_inf_of: dict[str, int]) -> list[dict]:
-    """Each variant minus the baseline, seed by seed, each at its own M_inf = M_ft (baseline at 0)."""
+def paired(records: list[dict], metric: str, m_inf_of: dict[str, int], baseline: str = BASELINE) -> list[dict]:
+    """Each variant minus `baseline`, seed by seed, each at its own M_inf (M_ft; the baseline's too)."""
     at = {(r["variant"], r["seed"]): r["value"] for r in records
           if r["metric"] == metric and r["m_inf"] == m_inf_of.get(r["variant"], -1)}
     seeds = sorted({s for _, s in at})
     out = []
     for v in m_inf_of:
-        diffs = [at[(v, s)] - at[(BASELINE, s)] for s in seeds if (v, s) in at and (BASELINE, s) in at]
-        if v == BASELINE or not diffs:
+        diffs = [at[(v, s)] - at[(baseline, s)] for s in seeds if (v, s) in at and (baseline, s) in at]
+        if v == baseline or not diffs:
             continue
         sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
         se = sd / math.sqrt(len(diffs))
-        out.append({"variant": v, "vs": BASELINE, "metric": metric, "n_seeds": len(diffs), "mean_diff": statistics.fmean(diffs),
+        out.append({"variant": v, "vs": baseline, "metric": metric, "n_seeds": len(diffs), "mean_diff": statistics.fmean(diffs),
                     "std": sd, "stderr": se, "t": statistics.fmean(diffs) / se if se > 0 else float("nan"),
-                    "wins": sum(d > 0 for d in diffs), "diffs": diffs})
+                    "wins": sum(d > 0 for d in diffs), "diffs": diffs, "m_inf": m_inf_of[v], "vs_m_inf": m_inf_of[baseline]})
     return out
+
+
+def comparisons(records: list[dict], metric: str, runs: list[dict], m_infs: list[int]) -> list[dict]:
+    """The paired comparisons the summary reports: every variant vs StdPT_StdFT (equal steps); the pause and
+    filler variants vs the compute-matched baseline; PausePT_PauseFT vs StdPT_PauseFT at every M_inf (robustness)."""
+    m_inf_of = {v["name"]: v["m_ft"] for v in runs}
+    pairs = paired(records, metric, m_inf_of)
+    if MATCHED in m_inf_of:
+        pairs += paired(records, metric, {MATCHED: 0, **{n: m for n, m in m_inf_of.items() if m > 0}}, MATCHED)
+    if {"PausePT_PauseFT", "StdPT_PauseFT"} <= m_inf_of.keys():
+        for m in m_infs:
+            pairs += paired(records, metric, {"StdPT_PauseFT": m, "PausePT_PauseFT": m}, "StdPT_PauseFT")
+    return pairs
 
 
 def write_summary(cfg: StudyConfig, records: list[dict], runs: list[dict], elapsed: float) -> dict:
     agg = aggregate(records)
     metric = tasks.get_spec(cfg.task).metrics[0]
-    m_inf_of = {v["name"]: v["m_ft"] for v in runs}
-    pairs = paired(records, metric, m_inf_of)
+    pairs = comparisons(records, metric, runs, cfg.m_inf)
     summary = {"task": cfg.task, "metric": metric, "config": dataclasses.asdict(cfg), "elapsed_s": elapsed,
                "aggregated": agg, "paired": pairs, "records": records}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
@@ -205,10 +218,10 @@ def write_summary(cfg: StudyConfig, records: list[dict], runs: list[dict], elaps
         lines.append(f"| {v['name']} | {v['m_ft']} | " + " | ".join(cells) + " |")
     lines += ["", "Bold: M_inf = M_ft, where each variant is compared.", ""]
     if pairs:
-        lines += ["Paired differences with the baseline (same seed; in points, each at its own M_inf = M_ft):", "",
+        lines += ["Paired differences (same seed; in points; M_inf of each side in brackets):", "",
                   "| variant | vs | seeds | mean diff | std | stderr | mean/stderr | wins |", "|---|---|---|---|---|---|---|---|"]
         for p in pairs:
-            lines.append(f"| {p['variant']} | {p['vs']} | {p['n_seeds']} | {100 * p['mean_diff']:+.1f} | "
+            lines.append(f"| {p['variant']} [{p['m_inf']}] | {p['vs']} [{p['vs_m_inf']}] | {p['n_seeds']} | {100 * p['mean_diff']:+.1f} | "
                          f"{100 * p['std']:.1f} | {100 * p['stderr']:.1f} | {p['t']:.1f} | {p['wins']}/{p['n_seeds']} |")
     with open(os.path.join(cfg.out_dir, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -27,6 +27,21 @@ def test_paired_differences_are_seed_by_seed_at_each_variants_m_ft():
     assert p["t"] == pytest.approx(mean / (sd / math.sqrt(3))) and p["wins"] == 3
 
 
+def test_comparisons_cover_equal_steps_compute_matched_and_robustness():
+    runs = [{"name": "StdPT_StdFT", "m_ft": 0}, {"name": "StdPT_PauseFT", "m_ft": 4},
+            {"name": "PausePT_PauseFT", "m_ft": 4}, {"name": "StdPT_StdFT_matched", "m_ft": 0}]
+    values = {("StdPT_StdFT", 0): 0.5, ("StdPT_PauseFT", 0): 0.1, ("StdPT_PauseFT", 4): 0.7,
+              ("PausePT_PauseFT", 0): 0.3, ("PausePT_PauseFT", 4): 0.8, ("StdPT_StdFT_matched", 0): 0.6}
+    records = [rec(v, s, m, x + 0.01 * s) for (v, m), x in values.items() for s in range(2)]
+    records += [rec("StdPT_StdFT", s, 4, 0.0) for s in range(2)] + [rec("StdPT_StdFT_matched", s, 4, 0.0) for s in range(2)]
+    got = {(p["variant"], p["m_inf"], p["vs"], p["vs_m_inf"]): round(p["mean_diff"], 6)
+           for p in study.comparisons(records, "em", runs, [0, 4])}
+    assert got == {("StdPT_PauseFT", 4, "StdPT_StdFT", 0): 0.2, ("PausePT_PauseFT", 4, "StdPT_StdFT", 0): 0.3,
+                   ("StdPT_StdFT_matched", 0, "StdPT_StdFT", 0): 0.1,
+                   ("StdPT_PauseFT", 4, "StdPT_StdFT_matched", 0): 0.1, ("PausePT_PauseFT", 4, "StdPT_StdFT_matched", 0): 0.2,
+                   ("PausePT_PauseFT", 0, "StdPT_PauseFT", 0): 0.2, ("PausePT_PauseFT", 4, "StdPT_PauseFT", 4): 0.1}
+
+
 def test_aggregate_means_over_seeds_with_their_standard_error():
     agg = study.aggregate([rec("StdPT_StdFT", s, 0, v) for s, v in enumerate([0.2, 0.4, 0.9])])
     [a] = agg
