@@ -25,7 +25,8 @@ class FinetuneConfig(LoopConfig):
     init_from: str = opt("out/pretrain/ckpt.pt", "the pretrained checkpoint to start from")
     task: str = opt("gsm8k", f"task name: {', '.join(tasks.TASKS)}")
     task_file: str = opt("", "the task's training file in its official format (default: data/tasks/TASK/<train file>)")
-    m_ft: int = opt(0, "pauses between prefix and target: 0 = StdFT, e.g. 10 = PauseFT")
+    m_ft: str = opt("0", "pauses between prefix and target: 0 = StdFT, e.g. 10 = PauseFT; lo:hi = a number "
+                         "drawn uniformly from lo..hi for each example of each batch (beyond the paper)")
     filler: str = opt("", "ablation: this ordinary one-token text (e.g. '.') instead of <pause>")
     prepend: bool = opt(False, "ablation: put the pauses before the prefix instead of after it")
     max_examples: int = opt(0, "use only the first N examples of the file (0 = all)")
@@ -52,11 +53,26 @@ def pause_id_for(tok, filler: str) -> int:
     return ids[0]
 
 
+def parse_m_ft(m_ft) -> tuple[int, int]:
+    """--m_ft as (lo, hi): "12" -> (12, 12); "0:24" -> (0, 24), both ends included."""
+    lo, _, hi = str(m_ft).partition(":")
+    try:
+        lo, hi = int(lo), int(hi or lo)
+    except ValueError:
+        raise UserError(f"--m_ft must be a number or a range lo:hi (e.g. 10 or 0:24), got {m_ft!r}") from None
+    if not 0 <= lo <= hi:
+        raise UserError(f"--m_ft needs 0 <= lo <= hi, got {m_ft!r}")
+    return lo, hi
+
+
 def encode_example(tok, prefix: str, target: str, m: int, pause_id: int, prepend: bool, block_size: int):
-    """[prefix, pauses, target, EOT] as (x, y) with y = -1 everywhere but the target and EOT positions.
-    A prefix too long for the block loses its beginning (the end of a context matters most)."""
-    target_ids = tok.encode(target) + [tok.eot_id]
-    prefix_ids = tok.encode(prefix)
+    """[prefix, pauses, target, EOT] as (x, y) with y = -1 everywhere but the target and EOT positions."""
+    return assemble(tok.encode(prefix), tok.encode(target) + [tok.eot_id], m, pause_id, prepend, block_size)
+
+
+def assemble(prefix_ids: list[int], target_ids: list[int], m: int, pause_id: int, prepend: bool, block_size: int):
+    """encode_example on token ids (target_ids end with EOT). A prefix too long for the block loses its
+    beginning (the end of a context matters most)."""
     room = block_size + 1 - len(target_ids) - m
     if room < 1:
         raise UserError(f"a target of {len(target_ids)} tokens with {m} pauses does not fit block_size {block_size}")
@@ -79,14 +95,17 @@ def collate(pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class FinetuneData:
-    """Encoded examples; batch(step, index) is a deterministic draw, like the pretraining loader."""
+    """Encoded examples; batch(step, index) is a deterministic draw, like the pretraining loader.
+    With a range of M_ft, each drawn example gets its own number of pauses from the same draw."""
 
     def __init__(self, cfg: FinetuneConfig, tok, block_size: int):
         path = cfg.task_file or tasks.default_path(cfg.task, "train")
         examples = tasks.load_task(cfg.task, path)[: cfg.max_examples or None]
-        pause = pause_id_for(tok, cfg.filler)
-        self.pairs = [encode_example(tok, e.prefix, e.target, cfg.m_ft, pause, cfg.prepend, block_size)
-                      for e in examples]
+        self.pause, self.prepend, self.block_size = pause_id_for(tok, cfg.filler), cfg.prepend, block_size
+        self.m_lo, self.m_hi = parse_m_ft(cfg.m_ft)
+        self.ids = [(tok.encode(e.prefix), tok.encode(e.target) + [tok.eot_id]) for e in examples]
+        # fixed M_ft: encoded once; a range: the longest is encoded once to check that it fits the block
+        self.pairs = [assemble(p, t, self.m_hi, self.pause, self.prepend, block_size) for p, t in self.ids]
         n_val = int(len(self.pairs) * cfg.val_frac)
         if len(self.pairs) - n_val < 1:
             raise UserError(f"{path}: no examples to finetune on")
@@ -94,13 +113,20 @@ class FinetuneData:
         self.val, self.train = order[:n_val], order[n_val:]
         self.batch_size, self.seed = cfg.batch_size, cfg.seed
 
+    def _examples(self, idx, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.m_lo == self.m_hi:
+            return collate([self.pairs[i] for i in idx])
+        ms = rng.integers(self.m_lo, self.m_hi + 1, size=len(idx))  # random M_ft: one draw per example
+        return collate([assemble(*self.ids[i], int(m), self.pause, self.prepend, self.block_size)
+                        for i, m in zip(idx, ms)])
+
     def batch(self, step: int, index: int = 0):
         rng = np.random.default_rng((self.seed, step, index))
-        return collate([self.pairs[i] for i in rng.choice(self.train, self.batch_size)])
+        return self._examples(rng.choice(self.train, self.batch_size), rng)
 
     def val_batch(self, i: int):
         idx = np.resize(self.val, (i + 1) * self.batch_size)[i * self.batch_size:]  # fixed, wraps around
-        return collate([self.pairs[j] for j in idx])
+        return self._examples(idx, np.random.default_rng((self.seed, i, 0, 0)))  # 4 keys: never a training draw
 
 
 @torch.no_grad()
@@ -117,8 +143,7 @@ def finetune_eval(model, data: FinetuneData, cfg: FinetuneConfig, rt) -> dict:
 
 
 def main(cfg: FinetuneConfig) -> None:
-    if cfg.m_ft < 0:
-        raise UserError(f"--m_ft must be >= 0, got {cfg.m_ft}")
+    m_lo, m_hi = parse_m_ft(cfg.m_ft)
     if cfg.task not in tasks.TASKS:
         raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
@@ -130,7 +155,8 @@ def main(cfg: FinetuneConfig) -> None:
         if not cfg.resume:  # start from the pretrained weights (the optimizer starts afresh)
             model.load_state_dict(load_checkpoint(cfg.init_from, rt.device)["model"])
         meta = {"kind": "finetune", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
-                "tokenizer": pre["tokenizer"], "task": cfg.task, "m_ft": cfg.m_ft, "filler": cfg.filler,
+                "tokenizer": pre["tokenizer"], "task": cfg.task, "filler": cfg.filler,
+                "m_ft": m_hi, "m_ft_range": [m_lo, m_hi],  # a range's default M_inf is its largest value
                 "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre)}
         fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
     finally:

@@ -1,6 +1,8 @@
 """A synthetic "largest gap" task for a CPU-sized demo of pause tokens, written in the real formats.
 
-The question is n distinct integers from [lo, hi) in random order; the answer is the largest difference
+The question is n distinct integers from [lo, hi) in random order (n fixed, or drawn per question from a range:
+with learned absolute positions a fixed n puts every answer at the same position, and an M_inf curve then
+measures positions, not pauses); the answer is the largest difference
 between consecutive values once sorted. Each number must be compared with many others and these
 comparisons are independent of each other, so extra positions (pauses) before the answer are useful room.
 Writes the task (train.jsonl / test.jsonl) and a pretraining corpus as C4 (c4-train.00000-of-00001.json.gz,
@@ -11,7 +13,8 @@ Two layouts, each an official task format read by tasks.py:
            in the prototype of the issue that specified this task;
   gsm8k:   {"question": "gap 3 17 8", "answer": "#### 9"}, prompted "Question: …\\nAnswer:" and answered
            "#### 9", which gives a model without pauses three more positions ("\\n", "Answer:", "####").
-No test question ever appears in the corpus.
+Splits: train (finetuning), val (every choice is made on it) and test (reported only), each from its own
+seed; no two questions share a set of numbers, and no val or test question's numbers appear in the corpus.
 
     python synth.py --out_dir=data/synth --n=12 --lo=0 --hi=64 --layout=lambada
 """
@@ -64,13 +67,14 @@ def problem_text(kind: str, values: list[int], layout: str = "lambada") -> str:
     raise UserError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
 
 
-def _draw(rng: random.Random, count: int, n: int, lo: int, hi: int, banned: set) -> list[list[int]]:
-    """`count` distinct questions (as value lists) whose order of values is not in `banned`."""
-    out, seen = [], set(banned)
+def _draw(rng: random.Random, count: int, n_range: tuple[int, int], lo: int, hi: int, banned: set) -> list[list[int]]:
+    """`count` questions of n_range[0]..n_range[1] numbers (uniform n), each on a set of numbers not in `banned`
+    (which grows: no two questions share a set, so splits drawn in turn are disjoint as number sets too)."""
+    out = []
     while len(out) < count:
-        values = make_question(rng, n, lo, hi)
-        if tuple(values) not in seen:
-            seen.add(tuple(values))
+        values = make_question(rng, rng.randint(*n_range), lo, hi)
+        if frozenset(values) not in banned:
+            banned.add(frozenset(values))
             out.append(values)
     return out
 
@@ -84,23 +88,40 @@ def _write_jsonl(path: str, values_list: list[list[int]], layout: str) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def write_task(out_dir: str, n: int = 12, lo: int = 0, hi: int = 64, n_train: int = 20000, n_test: int = 2000,
-               seed: int = 0, test_seed: int | None = None, layout: str = "lambada") -> dict:
-    """Write train.jsonl and test.jsonl in a layout's format; the test split has its own seed and shares no question."""
+def n_range_of(n: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
+    """--n as (smallest, largest): 12 -> (12, 12); [8, 16] -> (8, 16)."""
+    values = [n] if isinstance(n, int) else list(n)
+    if len(values) not in (1, 2) or values[0] > values[-1]:
+        raise UserError(f"--n is one number or a range lo,hi with lo <= hi, got {n}")
+    return values[0], values[-1]
+
+
+def write_task(out_dir: str, n: int | list[int] = 12, lo: int = 0, hi: int = 64, n_train: int = 20000,
+               n_test: int = 2000, seed: int = 0, test_seed: int | None = None, layout: str = "lambada",
+               n_val: int = 0, val_seed: int | None = None) -> dict:
+    """Write train.jsonl, val.jsonl (n_val > 0) and test.jsonl in a layout's format. Each split has its own
+    seed; test is drawn first, then val, then train, and no two questions anywhere share a set of numbers."""
     problem_text("gap", [lo, lo + 1], layout)  # raises on an unknown layout
-    if n < 2 or hi - lo < n:
+    n_lo, n_hi = n_range_of(n)
+    if n_lo < 2 or hi - lo < n_hi:
         raise UserError(f"need 2 <= n <= hi - lo, got n={n}, lo={lo}, hi={hi}")
-    if n_train + n_test > math.perm(hi - lo, n) // 2:  # keep redraws rare
-        raise UserError(f"{n_train + n_test} questions is too many for n={n} numbers from [{lo}, {hi}); "
-                        "lower --n_train/--n_test or widen the range")
+    if n_train + n_val + n_test > math.comb(hi - lo, n_lo) // 2:  # keep redraws rare
+        raise UserError(f"{n_train + n_val + n_test} questions is too many for n={n} numbers from [{lo}, {hi}); "
+                        "lower --n_train/--n_val/--n_test or widen the range")
     test_seed = seed + 1000 if test_seed is None else test_seed
-    test = _draw(random.Random(test_seed), n_test, n, lo, hi, set())
-    train = _draw(random.Random(seed), n_train, n, lo, hi, {tuple(v) for v in test})
+    val_seed = seed + 2000 if val_seed is None else val_seed
+    used: set = set()
+    splits = {"test": _draw(random.Random(test_seed), n_test, (n_lo, n_hi), lo, hi, used)}
+    if n_val:
+        splits["val"] = _draw(random.Random(val_seed), n_val, (n_lo, n_hi), lo, hi, used)
+    splits["train"] = _draw(random.Random(seed), n_train, (n_lo, n_hi), lo, hi, used)
     os.makedirs(out_dir, exist_ok=True)
-    _write_jsonl(os.path.join(out_dir, "train.jsonl"), train, layout)
-    _write_jsonl(os.path.join(out_dir, "test.jsonl"), test, layout)
-    return {"train": len(train), "test": len(test), "seed": seed, "test_seed": test_seed, "layout": layout,
-            "test_questions": [task_text("gap", v)[0] for v in test]}
+    for name, values_list in splits.items():
+        _write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), values_list, layout)
+    held_out = splits["test"] + splits.get("val", [])
+    return {"train": n_train, "val": n_val, "test": n_test, "seed": seed, "test_seed": test_seed,
+            "val_seed": val_seed, "layout": layout, "n": (n_lo, n_hi),
+            "held_out_questions": [task_text("gap", v)[0] for v in held_out]}
 
 
 def task_words(lo: int, hi: int, layout: str = "lambada") -> set[str]:
@@ -112,8 +133,9 @@ def task_words(lo: int, hi: int, layout: str = "lambada") -> set[str]:
 
 def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tuple[int, int] = (4, 12),
                  lo: int = 0, hi: int = 64, kinds: tuple[str, ...] = KINDS, seed: int = 1,
-                 exclude: set[str] = frozenset(), layout: str = "lambada") -> dict:
-    """Write a C4-format .json.gz of `n_docs` documents of solved problems, none on an excluded question."""
+                 exclude: set[str] = frozenset(), layout: str = "lambada", end_word: str = ".") -> dict:
+    """Write a C4-format .json.gz of `n_docs` documents of solved problems, none on an excluded question.
+    Each document ends with `end_word` (a full stop), so the paper's filler "." is an ordinary pretrained word."""
     n_min, n_max = n_range
     if not 2 <= n_min <= n_max <= hi - lo:
         raise UserError(f"corpus n range {n_min}..{n_max} must lie within 2..hi-lo={hi - lo}")
@@ -147,7 +169,7 @@ def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tup
             filled += 1
     start, lines, tokens = datetime.datetime(2019, 4, 1), [], 0
     for i, doc in enumerate(docs):
-        text = "\n\n".join(doc)
+        text = "\n\n".join(doc) + (f" {end_word}" if end_word else "")
         tokens += len(text.split()) + text.count("\n")  # what WordTokenizer makes of it
         stamp = start + datetime.timedelta(seconds=rng.randrange(30 * 86400))
         lines.append(json.dumps({"text": text, "timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -161,20 +183,23 @@ def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tup
 
 @dataclass
 class SynthConfig:
-    """Write the largest-gap task (GSM8K format) and its pretraining corpus (C4 format)."""
-    out_dir: str = opt("data/synth", "folder for train.jsonl, test.jsonl and the c4-*.json.gz corpus")
-    n: int = opt(12, "numbers per task question")
+    """Write the largest-gap task (train/val/test) and its pretraining corpus (C4 format)."""
+    out_dir: str = opt("data/synth", "folder for train.jsonl, val.jsonl, test.jsonl and the c4-*.json.gz corpus")
+    n: list[int] = opt([12], "numbers per task question: one value, or lo,hi for a uniform draw per question (8,16)")
     lo: int = opt(0, "smallest number")
     hi: int = opt(64, "numbers are below hi")
     n_train: int = opt(20000, "finetuning questions")
-    n_test: int = opt(2000, "test questions (never in train nor in the corpus)")
+    n_val: int = opt(1000, "validation questions: every choice (steps, lr, M_ft, layout) is made on these")
+    n_test: int = opt(2000, "test questions (reported only; never in train, val nor the corpus)")
     seed: int = opt(0, "seed of the train split; the corpus uses seed+1 (train) and seed+2 (validation)")
+    val_seed: int | None = opt(None, "seed of the validation split (none: seed+2000)")
     test_seed: int | None = opt(None, "seed of the test split (none: seed+1000)")
     corpus_docs: int = opt(2000, "pretraining documents")
     val_docs: int = opt(100, "validation documents")
     problems_per_doc: int = opt(64, "solved problems per document")
     corpus_n: list[int] = opt([4, 12], "smallest,largest n of corpus problems")
     kinds: list[str] = opt(list(KINDS), "problem kinds in the corpus")
+    end_word: str = opt(".", "word that ends every corpus document, so it is in the vocabulary (the paper's filler)")
     layout: str = opt("lambada", "task format and problem layout: 'lambada' (gap 3 17 8 9) or 'gsm8k' "
                                  "(Question: gap 3 17 8\\nAnswer: #### 9)")
 
@@ -183,20 +208,23 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SynthConfig, argv, prog="synth.py")
     if len(cfg.corpus_n) != 2:
         raise UserError(f"--corpus_n expects two numbers, e.g. --corpus_n=4,12; got {cfg.corpus_n}")
+    if len(cfg.end_word.split()) > 1:
+        raise UserError(f"--end_word must be one word, got {cfg.end_word!r}")
     t0 = time.time()
     task = write_task(cfg.out_dir, cfg.n, cfg.lo, cfg.hi, cfg.n_train, cfg.n_test, cfg.seed, cfg.test_seed,
-                      cfg.layout)
+                      cfg.layout, cfg.n_val, cfg.val_seed)
     shared = dict(n_range=tuple(cfg.corpus_n), lo=cfg.lo, hi=cfg.hi, kinds=tuple(cfg.kinds),
-                  exclude=set(task["test_questions"]), layout=cfg.layout)
+                  exclude=set(task["held_out_questions"]), layout=cfg.layout, end_word=cfg.end_word)
     train = write_corpus(os.path.join(cfg.out_dir, TRAIN_CORPUS), cfg.corpus_docs, cfg.problems_per_doc,
                          seed=cfg.seed + 1, **shared)
     val = write_corpus(os.path.join(cfg.out_dir, VAL_CORPUS), cfg.val_docs, cfg.problems_per_doc,
                        seed=cfg.seed + 2, **shared)
     if train["missing"]:
         raise UserError(f"the corpus lacks task word(s) {train['missing'][:5]}; change --corpus_n or the range")
-    print(f"task ({cfg.layout} format): {task['train']} train / {task['test']} test questions of n={cfg.n} "
-          f"from [{cfg.lo}, {cfg.hi}) "
-          f"(seeds {task['seed']} / {task['test_seed']}) in {cfg.out_dir}")
+    n_lo, n_hi = task["n"]
+    print(f"task ({cfg.layout} format): {task['train']} train / {task['val']} val / {task['test']} test questions "
+          f"of n={n_lo}..{n_hi} from [{cfg.lo}, {cfg.hi}) (seeds {task['seed']} / {task['val_seed']} / "
+          f"{task['test_seed']}) in {cfg.out_dir}")
     for name, c in (("train corpus", train), ("val corpus", val)):
         print(f"{name}: {c['docs']} docs, {c['problems']} problems, {c['tokens']:,} word tokens, "
               f"{c['filled']} coverage problems added -> {c['path']}")

@@ -13,9 +13,9 @@ from synth import (TRAIN_CORPUS, VAL_CORPUS, largest_gap, main, make_question, p
                    write_corpus, write_task)
 from tokenizer import WordTokenizer
 
-# A narrow range (n=3 from [5, 13)): without the exclusion, ~20 test questions would recur in the corpus.
-N, LO, HI = 3, 5, 13
-ARGS = ["--n=3", "--lo=5", "--hi=13", "--n_train=60", "--n_test=100", "--corpus_docs=20", "--val_docs=4",
+# A narrow range (n=3 from [5, 20)): without the exclusion, held-out questions would recur in the corpus.
+N, LO, HI = 3, 5, 20
+ARGS = ["--n=3", "--lo=5", "--hi=20", "--n_train=60", "--n_val=40", "--n_test=100", "--corpus_docs=20", "--val_docs=4",
         "--problems_per_doc=30", "--corpus_n=2,3"]
 
 
@@ -24,9 +24,14 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
-def corpus_rows(path):
+def corpus_rows(path, end_word=" ."):
+    """The corpus documents, without the word that ends each of them."""
     with gzip.open(path, "rt") as f:
-        return [json.loads(line) for line in f]
+        rows = [json.loads(line) for line in f]
+    for r in rows:
+        assert r["text"].endswith(end_word)
+        r["text"] = r["text"].removesuffix(end_word)
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +156,8 @@ def test_no_test_question_in_either_corpus(out):
 
 def test_corpus_covers_every_number_and_every_gap(tmp_path):
     # n=6 from [10, 20) never has a largest gap above 5, nor a number below 10: words 6..9 must be added.
-    write_corpus(str(tmp_path / "c.json.gz"), 2, 10, n_range=(6, 6), lo=10, hi=20, seed=1)
-    words = set(" ".join(r["text"] for r in corpus_rows(str(tmp_path / "c.json.gz"))).split())
+    write_corpus(str(tmp_path / "c.json.gz"), 2, 10, n_range=(6, 6), lo=10, hi=20, seed=1, end_word="")
+    words = set(" ".join(r["text"] for r in corpus_rows(str(tmp_path / "c.json.gz"), "")).split())
     assert {str(v) for v in range(10, 20)} | {str(g) for g in range(1, 10)} <= words
 
 
@@ -196,3 +201,46 @@ def test_too_many_questions_for_the_range_is_a_user_error(tmp_path):
 def test_unknown_corpus_kind_is_a_user_error(tmp_path):
     with pytest.raises(UserError):
         write_corpus(str(tmp_path / "c.json.gz"), 1, 1, n_range=(2, 3), lo=0, hi=8, kinds=("median",))
+
+
+def test_variable_n_questions_have_every_length_and_right_gaps(tmp_path):
+    write_task(str(tmp_path), [3, 7], 0, 30, n_train=300, n_test=200, n_val=100)
+    lengths = set()
+    for split in ("train", "val", "test"):
+        for e in tasks.load_task("lambada", str(tmp_path / f"{split}.jsonl")):
+            kind, *words = e.prefix.split(" ")
+            values = [int(w) for w in words]
+            lengths.add(len(values))
+            assert kind == "gap" and len(set(values)) == len(values) and all(0 <= v < 30 for v in values)
+            s = sorted(values)
+            assert e.answers == [str(max(b - a for a, b in zip(s, s[1:])))]  # by hand, not with largest_gap
+    assert lengths == {3, 4, 5, 6, 7}
+
+
+def test_train_val_test_disjoint_as_number_sets_and_held_out_sets_not_in_corpus(out_lambada):
+    sets = {}
+    for split in ("train", "val", "test"):
+        sets[split] = [frozenset(map(int, e.prefix.split()[1:]))
+                       for e in tasks.load_task("lambada", os.path.join(out_lambada, f"{split}.jsonl"))]
+    assert [len(sets[k]) for k in ("train", "val", "test")] == [60, 40, 100]
+    assert not set(sets["train"]) & set(sets["val"]) and not set(sets["train"]) & set(sets["test"])
+    assert not set(sets["val"]) & set(sets["test"])
+    corpus = []
+    for name in (TRAIN_CORPUS, VAL_CORPUS):
+        for r in corpus_rows(os.path.join(out_lambada, name)):
+            for p in r["text"].split("\n\n"):
+                kind, *words = p.split(" ")
+                n = (len(words) // 2) if kind == "sort" else len(words) - 1
+                corpus.append(frozenset(int(w) for w in words[:n]))
+    assert not set(corpus) & (set(sets["val"]) | set(sets["test"]))
+
+
+def test_corpus_documents_end_with_the_filler_word_so_it_is_in_the_vocabulary(out_lambada):
+    with gzip.open(os.path.join(out_lambada, TRAIN_CORPUS), "rt") as f:
+        tok = WordTokenizer.build(json.loads(line)["text"] for line in f)
+    assert tok.encode(".") == [tok.stoi["."]]
+
+
+def test_bad_n_range_is_a_user_error(tmp_path):
+    with pytest.raises(UserError):
+        write_task(str(tmp_path), [7, 3], 0, 30, n_train=10, n_test=10)
