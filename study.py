@@ -1,12 +1,16 @@
 """The study: from a StdPT and a PausePT checkpoint, finetune the four variants (StdFT and PauseFT
-from each), evaluate every one over an M_inf sweep, and write summary.md, summary.json and the plots.
-Ablations are options: more M_ft values, filler tokens instead of <pause>, pauses prepended, and a
-compute-matched baseline. --seeds=N repeats everything and reports mean ± std and paired differences.
+from each), evaluate every one over an M_inf sweep on a validation and a test split, and write summary.md,
+summary.json and the plots. Ablations are options: more M_ft values, random M_ft, the paper's filler
+("." at inference only) and a finetuned-filler control, pauses prepended, rotary positions, and
+compute-matched baselines. --seeds=N repeats everything and reports mean ± std and paired differences.
+
+Every choice (steps, lr, M_ft, layout) is made on the validation split; the test split is only reported.
 
     python study.py --preset=cpu                     # the whole CPU demo (synthetic data, both pretrainings)
     python study.py --task=gsm8k --std_ckpt=out/std/ckpt.pt --pause_ckpt=out/pause/ckpt.pt --m_ft=10
 """
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -26,36 +30,48 @@ from common import UserError, load_checkpoint, load_toml, opt, parse_config, run
 VARIANTS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
 BASELINE = "StdPT_StdFT"
 MATCHED = "StdPT_StdFT_matched"
+SPLITS = ("val", "test")
 
-# The CPU demonstration: the largest-gap task, a 3-layer 64-wide model, one token per number. Its task
-# is written in LAMBADA's format (--task=gsm8k: GSM8K's, whose prompt gives models without pauses more room).
-CPU_PRESET = {"task": "lambada", "m_ft": 12, "m_inf": [0, 3, 6, 12, 18, 24], "filler": "\\n", "compute_matched": True,
-              "ft_iters": 2500, "ft_batch_size": 64, "ft_lr": 1e-3, "max_examples": 1000}
-CPU_SYNTH = ["--n=12", "--lo=0", "--hi=64", "--n_train=20000", "--n_test=1000", "--corpus_docs=2000"]
+# The CPU demonstration: the largest-gap task with 8 to 16 numbers per question (a fixed count puts every
+# answer at the same absolute position), a 3-layer 64-wide model, one token per number, in LAMBADA's format
+# (--task=gsm8k: GSM8K's, whose prompt gives models without pauses more room).
+CPU_PRESET = {"task": "lambada", "m_ft": 12, "m_inf": [0, 3, 6, 12, 18, 24], "finetune_filler": "\\n",
+              "inference_filler": ".", "compute_matched": True, "ft_iters": 2500, "ft_batch_size": 64, "ft_lr": 1e-3,
+              "max_examples": 1000}
+CPU_SYNTH = ["--lo=0", "--hi=64", "--n_train=20000", "--n_val=1000", "--n_test=1000", "--corpus_docs=2000"]
 CPU_PRETRAIN = load_toml(train.TrainConfig, os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "tiny.toml"))
 
 
 @dataclass
 class StudyConfig:
     """Run the four variants (and ablations) of one task over an M_inf sweep; write tables and plots."""
-    out_dir: str = opt("out/study", "everything goes here: runs/, results/, summary.md, summary.json, *.png")
+    out_dir: str = opt("out/study", "everything goes here: seed*/, synth/, data/, summary.md, summary.json, *.png")
     preset: str = opt("", "'cpu': the synthetic largest-gap demo, from data generation to plots (sets the defaults below)")
     task: str = opt("gsm8k", f"task name: {', '.join(tasks.TASKS)}")
     task_train: str = opt("", "finetuning file (default: data/tasks/TASK/<train file>)")
-    task_eval: str = opt("", "evaluation file (default: data/tasks/TASK/<eval file>)")
+    task_val: str = opt("", "validation file, where choices are made (cpu preset: its val split; none: test only)")
+    task_eval: str = opt("", "test file (default: data/tasks/TASK/<eval file>)")
     std_ckpt: str = opt("", "StdPT checkpoint (train.py --pause_frac=0)")
     pause_ckpt: str = opt("", "PausePT checkpoint (train.py --pause_frac=0.1)")
     m_ft: int = opt(10, "pauses in PauseFT")
     m_inf: list[int] = opt([0, 1, 2, 5, 10, 20], "the M_inf sweep")
     extra_m_ft: list[int] = opt([], "ablation: more M_ft values for PausePT_PauseFT (e.g. 50)")
-    filler: str = opt("", "ablation: StdPT_FillerFT, finetuned and evaluated with M_ft copies of this ordinary token ('.')")
+    random_m_ft: str = opt("", "ablation (beyond the paper): *_PauseFT_rand arms finetuned with M_ft drawn from lo:hi "
+                               "per example (e.g. 0:24), compared at M_inf = m_ft")
+    inference_filler: str = opt("", "the paper's filler ablation: *_InfFiller arms evaluate StdPT_StdFT and "
+                                    "PausePT_PauseFT with this ordinary token ('.') instead of <pause>, at inference only")
+    finetune_filler: str = opt("", "control: StdPT_FillerFT, finetuned and evaluated with M_ft copies of this "
+                                   "ordinary token ('\\n'): do extra positions help without a dedicated token?")
     prepend: bool = opt(False, "ablation: PausePT_PauseFT with the pauses before the prompt")
-    compute_matched: bool = opt(False, "add StdPT_StdFT_matched: StdFT on as many tokens as PausePT_PauseFT, pauses counted")
+    compute_matched: bool = opt(False, "add StdPT_StdFT_matched: StdFT on as many input tokens as PauseFT, pauses counted")
+    rope: bool = opt(False, "ablation (cpu preset): pretrain with rotary positions too; *_rope arms")
+    cpu_n: list[int] = opt([8, 16], "cpu preset: numbers per question, lo,hi (12 = the old fixed-length task)")
     seeds: int = opt(1, "repeat with seeds 0..N-1 (cpu preset: pretraining too); report mean ± std and paired differences")
+    only_seed: int = opt(-1, "run only this seed and write no summary (parallel runs; then --seeds=N reuses them)")
     ft_iters: int = opt(1000, "finetuning steps")
     ft_batch_size: int = opt(16, "finetuning batch size")
     ft_lr: float = opt(1e-4, "finetuning peak learning rate")
-    max_examples: int = opt(0, "evaluate on the first N examples only (0 = all)")
+    max_examples: int = opt(0, "evaluate on the first N examples of each split only (0 = all)")
     eval_batch_size: int = opt(256, "sequences per evaluation forward pass")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
 
@@ -72,24 +88,34 @@ def apply_preset(cfg: StudyConfig, argv: list[str]) -> StudyConfig:
     return cfg
 
 
-def cpu_pretrain(cfg: StudyConfig, seed: int) -> tuple[str, str, str, str]:
-    """Generate the synthetic task and corpus, prepare the corpus, pretrain StdPT and PausePT."""
+def cpu_data(cfg: StudyConfig) -> dict[str, str]:
+    """Generate the synthetic task and corpus and prepare the corpus, once (a lock serialises parallel seeds)."""
     raw, prepared = os.path.join(cfg.out_dir, "synth"), os.path.join(cfg.out_dir, "data")
-    if not os.path.exists(os.path.join(raw, "test.jsonl")):
-        synth.main(CPU_SYNTH + [f"--layout={cfg.task}", f"--out_dir={raw}"])
-    if not os.path.exists(os.path.join(prepared, "meta.json")):
-        data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
-                                        val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
-                                        tokenizer="word", workers=1))
-    ckpts = []
-    for name, frac in (("StdPT", 0.0), ("PausePT", 0.1)):
+    n_lo, n_hi = synth.n_range_of(cfg.cpu_n)
+    with open(os.path.join(cfg.out_dir, ".data.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(raw, "test.jsonl")):
+            synth.main(CPU_SYNTH + [f"--n={n_lo},{n_hi}", f"--corpus_n=4,{max(n_hi, 12)}", f"--layout={cfg.task}",
+                                    f"--out_dir={raw}"])
+        if not os.path.exists(os.path.join(prepared, "meta.json")):
+            data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
+                                            val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
+                                            tokenizer="word", workers=1))
+    return {"data": prepared, **{s: os.path.join(raw, f"{s}.jsonl") for s in ("train", "val", "test")}}
+
+
+def cpu_pretrain(cfg: StudyConfig, seed: int, prepared: str, names: list[str]) -> dict[str, str]:
+    """Pretrain each of `names` (StdPT, PausePT, and with --rope StdPT_rope, PausePT_rope) for this seed."""
+    ckpts = {}
+    for name in names:
         out = os.path.join(cfg.out_dir, f"seed{seed}", name)
-        ckpts.append(os.path.join(out, "ckpt.pt"))
-        if not finished(ckpts[-1], CPU_PRETRAIN["max_iters"]):
-            tc = train.TrainConfig(**CPU_PRETRAIN, data_dir=prepared, out_dir=out, pause_frac=frac, seed=seed,
-                                   device=cfg.device, resume=os.path.exists(ckpts[-1]))
-            train.main(tc)
-    return ckpts[0], ckpts[1], os.path.join(raw, "train.jsonl"), os.path.join(raw, "test.jsonl")
+        ckpts[name] = os.path.join(out, "ckpt.pt")
+        if not finished(ckpts[name], CPU_PRETRAIN["max_iters"]):
+            rope = {"pos": "rope"} if name.endswith("_rope") else {}
+            train.main(train.TrainConfig(**CPU_PRETRAIN, **rope, data_dir=prepared, out_dir=out, seed=seed,
+                                         pause_frac=0.1 if name.startswith("PausePT") else 0.0, device=cfg.device,
+                                         resume=os.path.exists(ckpts[name])))
+    return ckpts
 
 
 def finished(ckpt: str, steps: int) -> bool:
@@ -97,61 +123,81 @@ def finished(ckpt: str, steps: int) -> bool:
 
 
 def variants(cfg: StudyConfig) -> list[dict]:
-    """name, which pretraining, and the finetuning options of every run."""
+    """Every arm: name, pretraining, `m_ft` (the M_inf it is compared at), and its finetuning options:
+    `ft_m` (M_ft or a lo:hi range), filler, prepend, `matched` (pauses per example to match in tokens);
+    an arm with a `source` is not trained: it evaluates that arm's checkpoint with `eval_filler`."""
     runs = [{"name": n, "pt": n.split("_")[0], "m_ft": cfg.m_ft if n.endswith("PauseFT") else 0} for n in VARIANTS]
     runs += [{"name": f"PausePT_PauseFT_mft{m}", "pt": "PausePT", "m_ft": m} for m in cfg.extra_m_ft]
-    if cfg.filler:
-        runs.append({"name": "StdPT_FillerFT", "pt": "StdPT", "m_ft": cfg.m_ft, "filler": cfg.filler})
+    if cfg.random_m_ft:
+        lo, hi = finetune.parse_m_ft(cfg.random_m_ft)
+        runs += [{"name": f"{pt}_PauseFT_rand", "pt": pt, "m_ft": cfg.m_ft, "ft_m": f"{lo}:{hi}", "pauses": (lo + hi) / 2}
+                 for pt in ("StdPT", "PausePT")]
+    if cfg.finetune_filler:
+        runs.append({"name": "StdPT_FillerFT", "pt": "StdPT", "m_ft": cfg.m_ft, "filler": cfg.finetune_filler})
+    if cfg.inference_filler:
+        runs += [{"name": f"{src}_InfFiller", "pt": src.split("_")[0], "m_ft": cfg.m_ft, "source": src,
+                  "eval_filler": cfg.inference_filler} for src in ("StdPT_StdFT", "PausePT_PauseFT")]
     if cfg.prepend:
         runs.append({"name": "PausePT_PauseFT_prepend", "pt": "PausePT", "m_ft": cfg.m_ft, "prepend": True})
-    if cfg.compute_matched:
-        runs.append({"name": MATCHED, "pt": "StdPT", "m_ft": 0, "matched": True})
+    if cfg.compute_matched:  # one baseline per mean number of pauses among the pause arms
+        for pauses in sorted({r.get("pauses", r["m_ft"]) for r in runs if r["m_ft"] and "source" not in r}):
+            name = MATCHED if pauses == cfg.m_ft else f"{MATCHED}_m{pauses:g}"
+            runs.append({"name": name, "pt": "StdPT", "m_ft": 0, "matched": pauses})
+    if cfg.rope:
+        keep = {"StdPT_StdFT", "StdPT_PauseFT", "PausePT_PauseFT", MATCHED}
+        runs += [{**r, "name": r["name"] + "_rope", "pt": r["pt"] + "_rope"} for r in runs if r["name"] in keep]
     return runs
 
 
-def token_ratio(train_file: str, task: str, ckpt: str, m_ft: int, limit: int = 2000) -> float:
-    """Tokens of a PauseFT example over those of a StdFT one (the cost of the pauses in finetuning)."""
+def matched_iters(cfg: StudyConfig, train_file: str, ckpt: str, pauses: float) -> int:
+    """StdFT steps that feed the model as many input tokens as PauseFT's ft_iters steps with `pauses` pauses
+    per example (mean): ft_iters × Σ(prefix + pauses + target) / Σ(prefix + target) over the training file.
+    An input is [prefix, pauses, target] (the closing EOT is only a target); padding is left out."""
     from tokenizer import from_meta
     tok = from_meta(load_checkpoint(ckpt)["meta"]["tokenizer"])
-    lengths = [len(tok.encode(e.prefix)) + len(tok.encode(e.target)) + 1 for e in tasks.load_task(task, train_file)[:limit]]
-    mean = sum(lengths) / len(lengths)
-    return (mean + m_ft) / mean
+    examples = tasks.load_task(cfg.task, train_file)
+    n_std = sum(len(tok.encode(e.prefix)) + len(tok.encode(e.target)) for e in examples)
+    return round(cfg.ft_iters * (n_std + pauses * len(examples)) / n_std)
 
 
-def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], train_file: str, eval_file: str) -> list[dict]:
-    """Finetune and evaluate every variant for one seed; finished runs and results are reused."""
+def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, str]) -> list[dict]:
+    """Finetune and evaluate every arm for one seed on every split; finished runs and results are reused."""
     records = []
     for v in variants(cfg):
-        out = os.path.join(cfg.out_dir, f"seed{seed}", v["name"])
+        ckpt = os.path.join(cfg.out_dir, f"seed{seed}", v.get("source", v["name"]), "ckpt.pt")
         iters = cfg.ft_iters
-        if v.get("matched"):
-            iters = round(cfg.ft_iters * token_ratio(train_file, cfg.task, pre["StdPT"], cfg.m_ft))
-        ckpt = os.path.join(out, "ckpt.pt")
-        if not finished(ckpt, iters):
+        if "matched" in v:
+            iters = matched_iters(cfg, files["train"], pre[v["pt"]], v["matched"])
+        if "source" not in v and not finished(ckpt, iters):
             finetune.main(finetune.FinetuneConfig(
-                init_from=pre[v["pt"]], task=cfg.task, task_file=train_file, out_dir=out, m_ft=v["m_ft"],
-                filler=v.get("filler", ""), prepend=v.get("prepend", False), max_iters=iters,
-                batch_size=cfg.ft_batch_size, learning_rate=cfg.ft_lr, min_lr=cfg.ft_lr / 10,
+                init_from=pre[v["pt"]], task=cfg.task, task_file=files["train"], out_dir=os.path.dirname(ckpt),
+                m_ft=str(v.get("ft_m", v["m_ft"])), filler=v.get("filler", ""), prepend=v.get("prepend", False),
+                max_iters=iters, batch_size=cfg.ft_batch_size, learning_rate=cfg.ft_lr, min_lr=cfg.ft_lr / 10,
                 warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4), seed=seed, device=cfg.device,
                 resume=os.path.exists(ckpt), log_interval=50))
-        res_path = os.path.join(out, "results.json")
-        if os.path.exists(res_path):
-            res = json.load(open(res_path))
-        else:
-            res = evaluation.main(evaluation.EvalConfig(
-                ckpt=ckpt, task=cfg.task, task_file=eval_file, m_inf=cfg.m_inf, max_examples=cfg.max_examples,
-                batch_size=cfg.eval_batch_size, max_new_tokens=32, out=res_path, device=cfg.device))
-        records += [{**r, "variant": v["name"], "seed": seed, "ft_iters": iters} for r in res]
+        for split in SPLITS:
+            if not files.get(split):
+                continue
+            res_path = os.path.join(cfg.out_dir, f"seed{seed}", v["name"], f"results_{split}.json")
+            if os.path.exists(res_path):
+                res = json.load(open(res_path))
+            else:
+                os.makedirs(os.path.dirname(res_path), exist_ok=True)
+                res = evaluation.main(evaluation.EvalConfig(
+                    ckpt=ckpt, task=cfg.task, task_file=files[split], m_inf=cfg.m_inf, max_examples=cfg.max_examples,
+                    filler=v.get("eval_filler", ""), batch_size=cfg.eval_batch_size, out=res_path, device=cfg.device))
+            records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
+                         "seed": seed, "split": split, "ft_iters": iters} for r in res]
     return records
 
 
 def aggregate(records: list[dict]) -> list[dict]:
-    """Mean over seeds per (variant, m_inf, metric), with the standard error over seeds."""
+    """Mean over seeds per (variant, split, m_inf, metric), with the standard error over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["variant"], r["m_inf"], r["metric"]), []).append(r)
+        groups.setdefault((r["variant"], r.get("split", "test"), r["m_inf"], r["metric"]), []).append(r)
     out = []
-    for (variant, m_inf, metric), rs in groups.items():
+    for rs in groups.values():
         vals = [r["value"] for r in rs]
         if len(vals) > 1:
             sd = statistics.stdev(vals)
@@ -160,7 +206,7 @@ def aggregate(records: list[dict]) -> list[dict]:
             sd, err = 0.0, rs[0]["stderr"]
         out.append({**rs[0], "value": statistics.fmean(vals), "std": sd, "stderr": err, "n_seeds": len(vals),
                     "values": vals, "seeds": [r["seed"] for r in rs]})
-    return sorted(out, key=lambda r: (r["variant"], r["metric"], r["m_inf"]))
+    return sorted(out, key=lambda r: (r["variant"], r.get("split", "test"), r["metric"], r["m_inf"]))
 
 
 def paired(records: list[dict], metric: str, m_inf_of: dict[str, int], baseline: str = BASELINE) -> list[dict]:
@@ -182,47 +228,80 @@ def paired(records: list[dict], metric: str, m_inf_of: dict[str, int], baseline:
 
 
 def comparisons(records: list[dict], metric: str, runs: list[dict], m_infs: list[int]) -> list[dict]:
-    """The paired comparisons the summary reports: every variant vs StdPT_StdFT (equal steps); the pause and
-    filler variants vs the compute-matched baseline; PausePT_PauseFT vs StdPT_PauseFT at every M_inf (robustness)."""
+    """The paired comparisons the summary reports (records of one split): every arm vs StdPT_StdFT (equal steps);
+    the pause and filler arms vs their compute-matched baseline; PausePT_PauseFT vs StdPT_PauseFT at every
+    M_inf (robustness), and the same for the _rand and _rope pairs."""
     m_inf_of = {v["name"]: v["m_ft"] for v in runs}
-    pairs = paired(records, metric, m_inf_of)
-    if MATCHED in m_inf_of:
-        pairs += paired(records, metric, {MATCHED: 0, **{n: m for n, m in m_inf_of.items() if m > 0}}, MATCHED)
-    if {"PausePT_PauseFT", "StdPT_PauseFT"} <= m_inf_of.keys():
-        for m in m_infs:
-            pairs += paired(records, metric, {"StdPT_PauseFT": m, "PausePT_PauseFT": m}, "StdPT_PauseFT")
+    pairs = paired(records, metric, {k: m for k, m in m_inf_of.items() if not k.endswith("_rope")})
+    if "StdPT_StdFT_rope" in m_inf_of:
+        pairs += paired(records, metric, {k: m for k, m in m_inf_of.items() if k.endswith("_rope")}, "StdPT_StdFT_rope")
+    for v in runs:
+        if "matched" in v:  # the arms whose mean number of pauses this baseline matches, with the same positions
+            rope = v["name"].endswith("_rope")
+            arms = {r["name"]: r["m_ft"] for r in runs if r["name"].endswith("_rope") == rope and "matched" not in r
+                    and r["m_ft"] and r.get("pauses", r["m_ft"]) == v["matched"] and "source" not in r}
+            pairs += paired(records, metric, {v["name"]: 0, **arms}, v["name"])
+    for suffix in ("", "_rand", "_rope"):
+        std, pause = f"StdPT_PauseFT{suffix}", f"PausePT_PauseFT{suffix}"
+        if {std, pause} <= m_inf_of.keys():
+            for m in m_infs:
+                pairs += paired(records, metric, {std: m, pause: m}, std)
     return pairs
+
+
+def split_table(agg: list[dict], runs: list[dict], split: str, metric: str, m_infs: list[int]) -> list[str]:
+    rows = [a for a in agg if a.get("split", "test") == split and a["metric"] == metric]
+    if not rows:
+        return []
+    lines = [f"### {split} split ({rows[0]['n']} questions)", "",
+             "| variant | M_ft | " + " | ".join(f"M_inf={m}" for m in m_infs) + " |", "|---|---|" + "---|" * len(m_infs)]
+    for v in runs:
+        cells = []
+        for m in m_infs:
+            r = next((a for a in rows if a["variant"] == v["name"] and a["m_inf"] == m), None)
+            spread = r["std"] if r and r["n_seeds"] > 1 else (r["stderr"] if r else 0)
+            cell = "" if r is None else f"{100 * r['value']:.1f} ± {100 * spread:.1f}"
+            cells.append(f"**{cell}**" if m == v["m_ft"] else cell)
+        ft = v.get("ft_m", v["m_ft"]) if "source" not in v else f"{v['source']}, {v['eval_filler']!r} at inference"
+        lines.append(f"| {v['name']} | {ft} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def pair_table(pairs: list[dict], split: str) -> list[str]:
+    if not pairs:
+        return []
+    lines = [f"Paired differences on the {split} split (same seed; in points; M_inf of each side in brackets):", "",
+             "| variant | vs | seeds | mean diff | std | stderr | mean/stderr | wins |", "|---|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        lines.append(f"| {p['variant']} [{p['m_inf']}] | {p['vs']} [{p['vs_m_inf']}] | {p['n_seeds']} | "
+                     f"{100 * p['mean_diff']:+.1f} | {100 * p['std']:.1f} | {100 * p['stderr']:.1f} | {p['t']:.1f} | "
+                     f"{p['wins']}/{p['n_seeds']} |")
+    return lines + [""]
 
 
 def write_summary(cfg: StudyConfig, records: list[dict], runs: list[dict], elapsed: float) -> dict:
     agg = aggregate(records)
     metric = tasks.get_spec(cfg.task).metrics[0]
-    pairs = comparisons(records, metric, runs, cfg.m_inf)
+    splits = [s for s in SPLITS if any(r.get("split", "test") == s for r in records)]
+    pairs = {s: comparisons([r for r in records if r.get("split", "test") == s], metric, runs, cfg.m_inf) for s in splits}
     summary = {"task": cfg.task, "metric": metric, "config": dataclasses.asdict(cfg), "elapsed_s": elapsed,
-               "aggregated": agg, "paired": pairs, "records": records}
+               "aggregated": agg, "paired": pairs.get("test", []), "paired_by_split": pairs, "records": records}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     n_seeds = len({r["seed"] for r in records})
     lines = [f"# Study: {cfg.task}, {metric}, {n_seeds} seed(s), M_ft = {cfg.m_ft}", "",
-             f"Mean ± std over seeds (± stderr of the estimate with one seed); n = {agg[0]['n']} test examples; "
-             f"{elapsed / 60:.1f} min.", "",
-             "| variant | M_ft | " + " | ".join(f"M_inf={m}" for m in cfg.m_inf) + " |",
-             "|---|---|" + "---|" * len(cfg.m_inf)]
-    for v in runs:
-        cells = []
-        for m in cfg.m_inf:
-            r = next((a for a in agg if a["variant"] == v["name"] and a["m_inf"] == m and a["metric"] == metric), None)
-            spread = r["std"] if r and r["n_seeds"] > 1 else (r["stderr"] if r else 0)
-            cell = "" if r is None else f"{100 * r['value']:.1f} ± {100 * spread:.1f}"
-            cells.append(f"**{cell}**" if m == v["m_ft"] else cell)
-        lines.append(f"| {v['name']} | {v['m_ft']} | " + " | ".join(cells) + " |")
-    lines += ["", "Bold: M_inf = M_ft, where each variant is compared.", ""]
-    if pairs:
-        lines += ["Paired differences (same seed; in points; M_inf of each side in brackets):", "",
-                  "| variant | vs | seeds | mean diff | std | stderr | mean/stderr | wins |", "|---|---|---|---|---|---|---|---|"]
-        for p in pairs:
-            lines.append(f"| {p['variant']} [{p['m_inf']}] | {p['vs']} [{p['vs_m_inf']}] | {p['n_seeds']} | {100 * p['mean_diff']:+.1f} | "
-                         f"{100 * p['std']:.1f} | {100 * p['stderr']:.1f} | {p['t']:.1f} | {p['wins']}/{p['n_seeds']} |")
+             f"Mean ± std over seeds (± stderr of the estimate with one seed); {elapsed / 60:.1f} min. "
+             "Choices are made on the val split; the test split is reported only.", ""]
+    for s in splits:
+        lines += split_table(agg, runs, s, metric, cfg.m_inf)
+    lines += ["Bold: M_inf = M_ft, where each variant is compared.", ""]
+    matched = {r["variant"]: r["ft_iters"] for r in records if any(v["name"] == r["variant"] and "matched" in v for v in runs)}
+    if matched:
+        lines += [f"Compute-matched baselines: StdFT for ft_iters × Σ(prefix + pauses + target) / Σ(prefix + target) "
+                  f"steps (input tokens, pauses counted, over the finetuning file) instead of {cfg.ft_iters}: "
+                  + ", ".join(f"{k} {n} steps" for k, n in matched.items()) + ".", ""]
+    for s in splits:
+        lines += pair_table(pairs[s], s)
     with open(os.path.join(cfg.out_dir, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -238,28 +317,36 @@ def main(cfg: StudyConfig) -> None:
         raise UserError(f"--seeds must be >= 1, got {cfg.seeds}")
     if cfg.preset != "cpu" and not (cfg.std_ckpt and cfg.pause_ckpt):
         raise UserError("give --std_ckpt and --pause_ckpt (pretraining checkpoints), or --preset=cpu")
+    if cfg.rope and cfg.preset != "cpu":
+        raise UserError("--rope pretrains its own models: it needs --preset=cpu")
+    runs = variants(cfg)
+    seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
     records, logs = [], {}
-    for seed in range(cfg.seeds):
+    for seed in seeds:
         if cfg.preset == "cpu":
-            std, pause, train_file, eval_file = cpu_pretrain(cfg, seed)
+            files = cpu_data(cfg)
+            pre = cpu_pretrain(cfg, seed, files["data"], sorted({v["pt"] for v in runs}))
         else:
-            std, pause = cfg.std_ckpt, cfg.pause_ckpt
-            train_file = cfg.task_train or tasks.default_path(cfg.task, "train")
-            eval_file = cfg.task_eval or tasks.default_path(cfg.task, "eval")
-        records += run_seed(cfg, seed, {"StdPT": std, "PausePT": pause}, train_file, eval_file)
+            pre = {"StdPT": cfg.std_ckpt, "PausePT": cfg.pause_ckpt}
+            files = {"train": cfg.task_train or tasks.default_path(cfg.task, "train"), "val": cfg.task_val,
+                     "test": cfg.task_eval or tasks.default_path(cfg.task, "eval")}
+        records += run_seed(cfg, seed, pre, files)
         if seed == 0:
-            logs = {name: os.path.join(os.path.dirname(p), "log.jsonl") for name, p in (("StdPT", std), ("PausePT", pause))}
-            logs |= {v["name"]: os.path.join(cfg.out_dir, "seed0", v["name"], "log.jsonl") for v in variants(cfg)}
-    summary = write_summary(cfg, records, variants(cfg), time.time() - t0)
-    metric, agg = summary["metric"], summary["aggregated"]
+            logs = {name: os.path.join(os.path.dirname(pre[name]), "log.jsonl") for name in ("StdPT", "PausePT")}
+            logs |= {v["name"]: os.path.join(cfg.out_dir, "seed0", v["name"], "log.jsonl") for v in runs}
+    if cfg.only_seed >= 0:
+        print(f"seed {cfg.only_seed} done in {(time.time() - t0) / 60:.1f} min; --seeds=N writes the summary")
+        return
+    summary = write_summary(cfg, records, runs, time.time() - t0)
+    metric, agg = summary["metric"], [a for a in summary["aggregated"] if a.get("split", "test") == "test"]
     plots.minf_curve(agg, cfg.task, metric, os.path.join(cfg.out_dir, "minf_curve.png"))
     plots.variants_bar(agg, cfg.task, metric, os.path.join(cfg.out_dir, "variants.png"))
     existing = {k: p for k, p in logs.items() if os.path.exists(p)}
-    pre = {k: p for k, p in existing.items() if k in ("StdPT", "PausePT")}
-    if pre:
-        plots.loss_curves(pre, os.path.join(cfg.out_dir, "pretrain_loss.png"), "pretraining")
-    plots.loss_curves({k: p for k, p in existing.items() if k not in pre}, os.path.join(cfg.out_dir, "finetune_loss.png"),
-                      "finetuning (seed 0)")
+    pre_logs = {k: p for k, p in existing.items() if k in ("StdPT", "PausePT")}
+    if pre_logs:
+        plots.loss_curves(pre_logs, os.path.join(cfg.out_dir, "pretrain_loss.png"), "pretraining")
+    plots.loss_curves({k: p for k, p in existing.items() if k not in pre_logs},
+                      os.path.join(cfg.out_dir, "finetune_loss.png"), "finetuning (seed 0)")
     print(f"study written to {cfg.out_dir} in {(time.time() - t0) / 60:.1f} min")
 
 

@@ -1,5 +1,6 @@
 """study.py: the seed statistics are right, and a miniature CPU study runs every stage and writes its outputs."""
 import json
+import dataclasses
 import math
 import os
 
@@ -29,7 +30,7 @@ def test_paired_differences_are_seed_by_seed_at_each_variants_m_ft():
 
 def test_comparisons_cover_equal_steps_compute_matched_and_robustness():
     runs = [{"name": "StdPT_StdFT", "m_ft": 0}, {"name": "StdPT_PauseFT", "m_ft": 4},
-            {"name": "PausePT_PauseFT", "m_ft": 4}, {"name": "StdPT_StdFT_matched", "m_ft": 0}]
+            {"name": "PausePT_PauseFT", "m_ft": 4}, {"name": "StdPT_StdFT_matched", "m_ft": 0, "matched": 4}]
     values = {("StdPT_StdFT", 0): 0.5, ("StdPT_PauseFT", 0): 0.1, ("StdPT_PauseFT", 4): 0.7,
               ("PausePT_PauseFT", 0): 0.3, ("PausePT_PauseFT", 4): 0.8, ("StdPT_StdFT_matched", 0): 0.6}
     records = [rec(v, s, m, x + 0.01 * s) for (v, m), x in values.items() for s in range(2)]
@@ -51,22 +52,28 @@ def test_aggregate_means_over_seeds_with_their_standard_error():
 
 
 def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "CPU_SYNTH", ["--n=5", "--lo=0", "--hi=16", "--n_train=300", "--n_test=40",
+    monkeypatch.setattr(study, "CPU_SYNTH", ["--lo=0", "--hi=16", "--n_train=300", "--n_val=30", "--n_test=40",
                                              "--corpus_docs=40", "--val_docs=10", "--problems_per_doc=16"])
     monkeypatch.setattr(study, "CPU_PRETRAIN", {**study.CPU_PRETRAIN, "n_layer": 1, "n_embd": 16, "n_head": 2,
                                                 "block_size": 48, "batch_size": 8, "max_iters": 6, "eval_interval": 3,
                                                 "eval_iters": 2, "warmup_iters": 1})
     argv = ["--preset=cpu", f"--out_dir={tmp_path}", "--seeds=2", "--ft_iters=4", "--ft_batch_size=8",
-            "--m_ft=3", "--m_inf=0,3", "--max_examples=20", "--device=cpu"]
+            "--m_ft=3", "--m_inf=0,3", "--max_examples=20", "--device=cpu", "--cpu_n=4,6"]
     cfg = study.apply_preset(study.parse_config(study.StudyConfig, argv), argv)
-    assert cfg.m_ft == 3 and cfg.filler == "\\n" and cfg.compute_matched  # given keys win over the preset
+    assert cfg.m_ft == 3 and cfg.finetune_filler == "\\n" and cfg.compute_matched  # given keys win over the preset
     study.main(cfg)
     summary = json.load(open(tmp_path / "summary.json"))
     names = [v["name"] for v in study.variants(cfg)]
-    assert names == list(study.VARIANTS) + ["StdPT_FillerFT", "StdPT_StdFT_matched"]
-    assert {(r["variant"], r["seed"], r["m_inf"]) for r in summary["records"]} == {
-        (n, s, m) for n in names for s in (0, 1) for m in (0, 3)}
+    assert names == list(study.VARIANTS) + ["StdPT_FillerFT", "StdPT_StdFT_InfFiller", "PausePT_PauseFT_InfFiller",
+                                            "StdPT_StdFT_matched"]
+    assert {(r["variant"], r["seed"], r["m_inf"], r["split"]) for r in summary["records"]} == {
+        (n, s, m, split) for n in names for s in (0, 1) for m in (0, 3) for split in ("val", "test")}
     assert {p["variant"] for p in summary["paired"]} == set(names) - {"StdPT_StdFT"}
+    assert {r["n"] for r in summary["records"] if r["split"] == "val"} == {20}  # max_examples of the 30
+    # the paper's filler: StdPT_StdFT's own checkpoint, evaluated with "." in place of <pause>
+    assert not (tmp_path / "seed0" / "StdPT_StdFT_InfFiller" / "ckpt.pt").exists()
+    infill = json.load(open(tmp_path / "seed0" / "StdPT_StdFT_InfFiller" / "results_test.json"))
+    assert all(r["checkpoint"].endswith(os.path.join("StdPT_StdFT", "ckpt.pt")) for r in infill)
     assert all(p["n_seeds"] == 2 for p in summary["paired"])
     matched = next(r for r in summary["records"] if r["variant"] == "StdPT_StdFT_matched")
     assert matched["ft_iters"] > 4  # more steps: as many tokens as PauseFT, pauses counted
@@ -75,5 +82,39 @@ def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
     assert "PausePT_PauseFT" in (tmp_path / "summary.md").read_text()
     # a second run reuses every finished run and result
     mtimes = {p: os.path.getmtime(p) for p in (tmp_path / "seed1" / "PausePT_PauseFT").iterdir()}
+    assert "PausePT_PauseFT" in (tmp_path / "summary.md").read_text()
     study.main(cfg)
     assert mtimes == {p: os.path.getmtime(p) for p in (tmp_path / "seed1" / "PausePT_PauseFT").iterdir()}
+
+
+def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "CPU_SYNTH", ["--lo=0", "--hi=16", "--n_train=200", "--n_val=20", "--n_test=20",
+                                             "--corpus_docs=20", "--val_docs=5", "--problems_per_doc=16"])
+    monkeypatch.setattr(study, "CPU_PRETRAIN", {**study.CPU_PRETRAIN, "n_layer": 1, "n_embd": 16, "n_head": 2,
+                                                "block_size": 48, "batch_size": 8, "max_iters": 3, "eval_interval": 3,
+                                                "eval_iters": 1, "warmup_iters": 1})
+    argv = ["--preset=cpu", f"--out_dir={tmp_path}", "--ft_iters=2", "--ft_batch_size=4", "--m_ft=2", "--m_inf=2",
+            "--device=cpu", "--cpu_n=4,5", "--compute_matched=false", "--finetune_filler=", "--inference_filler=",
+            "--random_m_ft=0:4"]
+    cfg = study.apply_preset(study.parse_config(study.StudyConfig, argv), argv)
+    study.main(dataclasses.replace(cfg, only_seed=1))
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "seed0").exists()
+    ckpt = tmp_path / "seed1" / "PausePT_PauseFT_rand" / "ckpt.pt"
+    meta = study.load_checkpoint(str(ckpt))["meta"]
+    assert meta["m_ft_range"] == [0, 4] and meta["m_ft"] == 4
+    mtime = os.path.getmtime(ckpt)
+    study.main(dataclasses.replace(cfg, seeds=2))
+    assert os.path.getmtime(ckpt) == mtime and (tmp_path / "summary.json").exists()
+
+
+def test_matched_steps_follow_the_stated_formula(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "gap 1 5 2 3"}\n{"text": "gap 7 1 3 4 10 3"}\n')
+    from tokenizer import WordTokenizer
+    tok = WordTokenizer.build(["gap " + " ".join(map(str, range(12)))])
+    ckpt = tmp_path / "ckpt.pt"
+    import torch
+    torch.save({"model": {}, "meta": {"tokenizer": tok.meta()}}, ckpt)
+    cfg = study.StudyConfig(task="lambada", ft_iters=1000)
+    # inputs: prefixes of 4 and 6 tokens, targets of 1: Σ = 12 without pauses, 12 + 2 × 12 = 36 with 12 each
+    assert study.matched_iters(cfg, str(path), str(ckpt), 12) == 3000
