@@ -74,6 +74,7 @@ class StudyConfig:
     max_examples: int = opt(0, "evaluate on the first N examples of each split only (0 = all)")
     eval_batch_size: int = opt(256, "sequences per evaluation forward pass")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
 
 
 def apply_preset(cfg: StudyConfig, argv: list[str]) -> StudyConfig:
@@ -113,7 +114,8 @@ def cpu_pretrain(cfg: StudyConfig, seed: int, prepared: str, names: list[str]) -
         if not finished(ckpts[name], CPU_PRETRAIN["max_iters"]):
             rope = {"pos": "rope"} if name.endswith("_rope") else {}
             train.main(train.TrainConfig(**CPU_PRETRAIN, **rope, data_dir=prepared, out_dir=out, seed=seed,
-                                         pause_frac=0.1 if name.startswith("PausePT") else 0.0, device=cfg.device,
+                                         pause_frac=0.1 if name.startswith("PausePT") else 0.0,
+                                         device=cfg.device, dtype=cfg.dtype,
                                          resume=os.path.exists(ckpts[name])))
     return ckpts
 
@@ -130,8 +132,8 @@ def variants(cfg: StudyConfig) -> list[dict]:
     runs += [{"name": f"PausePT_PauseFT_mft{m}", "pt": "PausePT", "m_ft": m} for m in cfg.extra_m_ft]
     if cfg.random_m_ft:
         lo, hi = finetune.parse_m_ft(cfg.random_m_ft)
-        runs += [{"name": f"{pt}_PauseFT_rand", "pt": pt, "m_ft": cfg.m_ft, "ft_m": f"{lo}:{hi}", "pauses": (lo + hi) / 2}
-                 for pt in ("StdPT", "PausePT")]
+        runs += [{"name": f"{pt}_PauseFT_rand", "pt": pt, "m_ft": cfg.m_ft, "ft_m": f"{lo}:{hi}",
+                  "pauses": (lo + hi) / 2} for pt in ("StdPT", "PausePT")]
     if cfg.finetune_filler:
         runs.append({"name": "StdPT_FillerFT", "pt": "StdPT", "m_ft": cfg.m_ft, "filler": cfg.finetune_filler})
     if cfg.inference_filler:
@@ -173,7 +175,8 @@ def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, 
                 init_from=pre[v["pt"]], task=cfg.task, task_file=files["train"], out_dir=os.path.dirname(ckpt),
                 m_ft=str(v.get("ft_m", v["m_ft"])), filler=v.get("filler", ""), prepend=v.get("prepend", False),
                 max_iters=iters, batch_size=cfg.ft_batch_size, learning_rate=cfg.ft_lr, min_lr=cfg.ft_lr / 10,
-                warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4), seed=seed, device=cfg.device,
+                warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4), seed=seed,
+                device=cfg.device, dtype=cfg.dtype,
                 resume=os.path.exists(ckpt), log_interval=50))
         for split in SPLITS:
             if not files.get(split):
@@ -185,7 +188,8 @@ def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, 
                 os.makedirs(os.path.dirname(res_path), exist_ok=True)
                 res = evaluation.main(evaluation.EvalConfig(
                     ckpt=ckpt, task=cfg.task, task_file=files[split], m_inf=cfg.m_inf, max_examples=cfg.max_examples,
-                    filler=v.get("eval_filler", ""), batch_size=cfg.eval_batch_size, out=res_path, device=cfg.device))
+                    filler=v.get("eval_filler", ""), batch_size=cfg.eval_batch_size, out=res_path,
+                    device=cfg.device, dtype=cfg.dtype))
             records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
                          "seed": seed, "split": split, "ft_iters": iters} for r in res]
     return records
