@@ -1,11 +1,14 @@
-"""Rotary positions (pos="rope"): the rotation itself, no position parameters, old checkpoints load as learned.
-KV cache and left padding with rope: test_model.py and test_sample.py."""
+"""Rotary positions (pos="rope"): the rotation itself, no position parameters, old checkpoints load as learned,
+train.py --pos=rope recorded in the checkpoint, a bad --pos refused. KV cache and left padding with rope:
+test_model.py and test_sample.py."""
 import dataclasses
 
 import pytest
 import torch
 
-from common import save_checkpoint
+import train
+from bench import random_data_dir
+from common import load_checkpoint, parse_config, run_main, save_checkpoint
 from model import GPT, GPTConfig, apply_rope, rope_angles
 from sample import load_model
 from tokenizer import CharTokenizer
@@ -87,3 +90,21 @@ def test_checkpoint_records_pos_and_an_old_one_loads_as_learned(tmp_path):
         save_checkpoint(str(tmp_path / f"{pos}.pt"), GPT(conf), None, {"model": model_meta, "tokenizer": tok.meta()})
         model, _, _ = load_model(str(tmp_path / f"{pos}.pt"), "cpu")
         assert model.config.pos == pos and (model.transformer.wpe is None) == (pos == "rope")
+
+
+def test_train_with_pos_rope_records_it_in_the_checkpoint(tmp_path):
+    data_dir = random_data_dir(str(tmp_path), 4096, seed=0)
+    args = [f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", "--device=cpu", "--n_layer=1", "--n_head=2",
+            "--n_embd=16", "--block_size=32", "--batch_size=2", "--max_iters=2", "--eval_iters=1", "--pos=rope"]
+    train.main(parse_config(train.TrainConfig, args))
+    ckpt = load_checkpoint(str(tmp_path / "out" / "ckpt.pt"))
+    assert ckpt["meta"]["model"]["pos"] == "rope" and not any("wpe" in k for k in ckpt["model"])
+
+
+def test_bad_pos_option_is_one_line_and_exit_2(tmp_path, capsys):
+    cfg = [f"--data_dir={tmp_path / 'none'}", f"--out_dir={tmp_path / 'out'}", "--device=cpu", "--pos=bogus"]
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: train.main(parse_config(train.TrainConfig, cfg, prog="train.py")))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: --pos") and "\n" not in err
+    assert not (tmp_path / "out").exists()
