@@ -1,7 +1,9 @@
 """GPT-2-style decoder with a <pause> token id in its config, a KV cache for incremental decoding and
-key masks for left-padded batches. Read top to bottom; the method itself lives in the data (targets -1).
+key masks for left-padded batches; learned (GPT-2) or rotary position embeddings. Read top to bottom;
+the method itself lives in the data (targets -1).
 
-References: karpathy/nanoGPT model.py; GPT-2 (Radford et al., 2019); Goyal et al., ICLR 2024 (pause tokens).
+References: karpathy/nanoGPT model.py; GPT-2 (Radford et al., 2019); Goyal et al., ICLR 2024 (pause tokens);
+Su et al., 2021 (RoFormer, rotary position embeddings).
 """
 import math
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False  # biases in Linears and LayerNorms (GPT-2 has them; without is a bit better and faster)
     pause_id: int = 50257  # the <pause> token's id: a config field, never a magic number elsewhere
+    pos: str = "learned"  # positions: "learned" (GPT-2's wpe table) or "rope" (rotary q and k, no parameters)
 
 
 class LayerNorm(nn.Module):
@@ -36,6 +39,20 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+def rope_angles(pos: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles pos * base^(-2i/head_dim), i < head_dim/2, for positions (T,) or (B, T);
+    shaped (1 or B, 1, T, head_dim/2) to broadcast over the heads."""
+    inv_freq = base ** -(torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    angles = (pos[..., None].float() * inv_freq).unsqueeze(-3)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + head_dim/2]) of x (B, nh, T, head_dim) by its angle (rotate-half, as GPT-NeoX)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
 class KVCache:
@@ -75,11 +92,13 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout, self.layer = config.n_head, config.n_embd, config.dropout, layer
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if rope is not None:  # keys are cached rotated: a key's angle depends only on its own position
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         # No mask: either a fresh chunk (plain causal, the fast path) or one new token that may see all the past.
@@ -113,9 +132,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, attn_mask)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, attn_mask, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -127,10 +146,14 @@ class GPT(nn.Module):
             raise ValueError(f"n_embd={config.n_embd} is not a multiple of n_head={config.n_head}")
         if not 0 <= config.pause_id < config.vocab_size:
             raise ValueError(f"pause_id={config.pause_id} is outside the vocabulary 0..{config.vocab_size - 1}")
+        if config.pos not in ("learned", "rope"):
+            raise ValueError(f"pos={config.pos!r} must be 'learned' or 'rope'")
+        if config.pos == "rope" and (config.n_embd // config.n_head) % 2:
+            raise ValueError(f"pos='rope' needs an even head size, not n_embd/n_head={config.n_embd // config.n_head}")
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd) if config.pos == "learned" else None,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
@@ -149,9 +172,9 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; non_embedding leaves out the position embeddings (token ones are tied to lm_head)."""
+        """Parameter count; non_embedding leaves out learned position embeddings (token ones are tied to lm_head)."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        return n - self.transformer.wpe.weight.numel() if non_embedding and self.transformer.wpe is not None else n
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache for `batch_size` rows of up to `max_len` positions, on the model's device and dtype."""
@@ -184,9 +207,14 @@ class GPT(nn.Module):
             # a padded query sees only itself (nothing real reads it): some SDPA kernels give NaN for a row of all -inf
             attn_mask = ((self._causal_mask(past, T, idx.device) & key_mask[:, None, :]) | diagonal)[:, None]
 
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x, rope = self.transformer.wte(idx), None
+        if self.config.pos == "rope":  # the same per-row positions rotate q and k in every layer instead
+            rope = rope_angles(pos, self.config.n_embd // self.config.n_head)
+        else:
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cache, attn_mask)
+            x = block(x, cache, attn_mask, rope)
         if cache is not None:
             cache.pos = L
         logits = self.lm_head(self.transformer.ln_f(x)).float()

@@ -61,6 +61,7 @@ class TrainConfig(LoopConfig):
     n_embd: int = opt(768, "embedding width")
     block_size: int = opt(1024, "context length T")
     bias: bool = opt(False, "biases in Linear and LayerNorm layers")
+    pos: str = opt("learned", "position embeddings: learned (GPT-2) or rope (rotary, no position parameters)")
 
 
 class MetricsLog:
@@ -190,12 +191,14 @@ def pretrain_eval(model, data, cfg, rt) -> dict:
 
 def main(cfg: TrainConfig) -> None:
     from data import PretrainData
+    if cfg.pos not in ("learned", "rope"):
+        raise UserError(f"--pos must be learned or rope, not {cfg.pos!r}")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
         data = PretrainData(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.pause_frac, cfg.seed)
         gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab(data.vocab_size),
                                n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                               bias=cfg.bias, pause_id=data.pause_id)
+                               bias=cfg.bias, pause_id=data.pause_id, pos=cfg.pos)
         model, optimizer, step, log = start(cfg, rt, gpt_config)
         meta = {"kind": "pretrain", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
                 "tokenizer": data.meta["tokenizer"]}

@@ -1,4 +1,5 @@
-"""model.py: masked loss, pause gradients, KV cache, left-padding masks, init, optimizer groups."""
+"""model.py: masked loss, pause gradients, KV cache, left-padding masks (learned and rotary positions), init,
+optimizer groups."""
 import math
 
 import pytest
@@ -61,8 +62,9 @@ def test_pause_embedding_gets_no_input_gradient_without_pause_inputs():
     assert output_part.abs().max() > 1e-3  # still pushed down by every softmax denominator
 
 
-def test_prefill_then_decode_matches_full_forward():
-    model, idx = tiny(), tokens(2, 18)
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_prefill_then_decode_matches_full_forward(pos):
+    model, idx = tiny(pos=pos), tokens(2, 18)
     full, _ = model(idx)
     cache = model.new_cache(2, 32)
     steps = [model(idx[:, :10], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(10, 18)]
@@ -70,15 +72,17 @@ def test_prefill_then_decode_matches_full_forward():
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 
-def test_chunked_decode_matches_full_forward():
-    model, idx = tiny(), tokens(1, 20)
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_chunked_decode_matches_full_forward(pos):
+    model, idx = tiny(pos=pos), tokens(1, 20)
     cache = model.new_cache(1, 32)
     chunks = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 7), (7, 12), (12, 20)]]
     assert torch.allclose(torch.cat(chunks, 1), model(idx)[0], atol=1e-5)
 
 
-def test_greedy_with_cache_equals_greedy_by_recomputation():
-    model, prompt = tiny(), tokens(1, 6)
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_greedy_with_cache_equals_greedy_by_recomputation(pos):
+    model, prompt = tiny(pos=pos), tokens(1, 6)
     slow = prompt
     for _ in range(12):
         slow = torch.cat([slow, model(slow)[0][:, -1:].argmax(-1)], 1)
@@ -101,8 +105,9 @@ def _left_padded(prompts: list[torch.Tensor], pad: int = 5) -> tuple[torch.Tenso
     return idx, key_mask
 
 
-def test_left_padded_batch_matches_each_prompt_alone():
-    model = tiny()
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_left_padded_batch_matches_each_prompt_alone(pos):
+    model = tiny(pos=pos)
     prompts = [tokens(n, seed=n) for n in (5, 9, 7)]
     idx, key_mask = _left_padded(prompts)
     logits, _ = model(idx, key_mask=key_mask)
@@ -111,8 +116,9 @@ def test_left_padded_batch_matches_each_prompt_alone():
         assert torch.allclose(logits[row, -len(p):], alone[0], atol=1e-5)
 
 
-def test_left_padded_decode_with_cache_matches_each_prompt_alone():
-    model = tiny()
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_left_padded_decode_with_cache_matches_each_prompt_alone(pos):
+    model = tiny(pos=pos)
     prompts, extra = [tokens(n, seed=n) for n in (5, 9, 7)], tokens(3, 4, seed=7)
     idx, key_mask = _left_padded(prompts)
     cache = model.new_cache(3, 16)

@@ -1,4 +1,5 @@
-"""Pause-inference: pauses appended and prefilled, outputs read after the last pause, <pause> never emitted."""
+"""Pause-inference: pauses appended and prefilled, outputs read after the last pause, <pause> never emitted
+(every test with learned and with rotary positions)."""
 import pytest
 import torch
 
@@ -9,10 +10,11 @@ from sample import generate, with_pauses
 VOCAB, PAUSE, EOT = 60, 59, 58  # tokenizer ids; the model's vocab is padded to 64
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["learned", "rope"])
+def model(request):
     torch.manual_seed(0)
-    m = GPT(GPTConfig(block_size=48, vocab_size=64, n_layer=2, n_head=2, n_embd=32, pause_id=PAUSE)).eval()
+    m = GPT(GPTConfig(block_size=48, vocab_size=64, n_layer=2, n_head=2, n_embd=32, pause_id=PAUSE,
+                      pos=request.param)).eval()
     with torch.no_grad():  # larger weights: sharper, more varied greedy choices than at init
         for p in m.parameters():
             p.mul_(4.0)
