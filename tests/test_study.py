@@ -95,9 +95,11 @@ def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, 
                                                 "eval_iters": 1, "warmup_iters": 1})
     argv = ["--preset=cpu", f"--out_dir={tmp_path}", "--ft_iters=2", "--ft_batch_size=4", "--m_ft=2", "--m_inf=2",
             "--device=cpu", "--cpu_n=4,5", "--compute_matched=false", "--finetune_filler=", "--inference_filler=",
-            "--random_m_ft=0:4"]
+            "--random_m_ft=0:4", "--rope"]
     cfg = study.apply_preset(study.parse_config(study.StudyConfig, argv), argv)
     study.main(dataclasses.replace(cfg, only_seed=1))
+    rope = study.load_checkpoint(str(tmp_path / "seed1" / "PausePT_PauseFT_rope" / "ckpt.pt"))["meta"]
+    assert rope["model"]["pos"] == "rope" and rope["pretrain_pause_frac"] == 0.1
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "seed0").exists()
     ckpt = tmp_path / "seed1" / "PausePT_PauseFT_rand" / "ckpt.pt"
     meta = study.load_checkpoint(str(ckpt))["meta"]
