@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import metrics
 import tasks
 from common import UserError, opt, parse_config, run_main, setup_runtime
 from finetune import pause_id_for, pretrain_pause_frac
@@ -98,7 +99,7 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
             if spec.kind == "decode":
                 prompts = [with_pauses(p, m, pause, prepend) for p in prefixes]
                 answers = decode_answers(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size, bar)
-                scores = [tasks.score_decode(task, a, e) for a, e in zip(answers, examples)]
+                scores = [metrics.score_decode(spec, a, e.answers) for a, e in zip(answers, examples)]
             else:
                 seqs, owner = [], []
                 for k, (p, cs) in enumerate(zip(prefixes, choices)):
@@ -110,12 +111,12 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                 per = [[] for _ in examples]
                 for k, v in zip(owner, ll):
                     per[k].append(v)
-                scores = [tasks.score_choices(e, p) for e, p in zip(examples, per)]
+                scores = [metrics.score_choices(p, e.choices, e.label) for e, p in zip(examples, per)]
             for metric in spec.metrics:
                 p = sum(s[metric] for s in scores) / len(scores)
                 results.append({"task": task, "checkpoint": cfg.ckpt, "variant": variant_name(meta),
                                 "m_ft": meta.get("m_ft", 0), "m_inf": m, "n": len(scores), "metric": metric,
-                                "value": p, "stderr": tasks.stderr(p, len(scores))})
+                                "value": p, "stderr": metrics.stderr(p, len(scores))})
     return results
 
 

@@ -1,5 +1,5 @@
 """The nine downstream tasks: their official files read as published, turned into finetuning pairs
-(prefix, target) and evaluation items, plus the metrics (SQuAD-style EM/F1, GSM8K's `#### N`).
+(prefix, target) and evaluation items. Their metrics are in metrics.py.
 
 Decode tasks are answered by greedy decoding and scored with EM (and F1 for SQuAD/CoQA); scored
 tasks (PIQA, HellaSwag) compare the log-likelihood of each choice (acc, acc_norm). Prompts follow
@@ -9,14 +9,12 @@ with one. Every task has a "train" and an "eval" split in `TASKS[name].files` (L
 import bz2
 import gzip
 import json
-import math
 import os
 import re
-import string
-from collections import Counter
 from dataclasses import dataclass, field
 
 from common import UserError
+from metrics import gsm8k_number
 
 
 @dataclass
@@ -322,79 +320,6 @@ def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None
                 download_file(url, dest, sha256=sha256, desc=f"{name} {filename}")
                 paths.setdefault(split, dest)
     return paths
-
-
-# ------------------------------------------------------------------------------------- metrics
-
-_PUNCT = set(string.punctuation)
-
-
-def normalize_answer(s: str) -> str:
-    """As the official SQuAD v1.1 script: lowercase, drop punctuation and articles, squeeze spaces."""
-    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def exact_match(pred: str, answers: list[str]) -> float:
-    return max((float(normalize_answer(pred) == normalize_answer(a)) for a in answers), default=0.0)
-
-
-def _f1(pred: str, gold: str) -> float:
-    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
-    same = sum((Counter(p) & Counter(g)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def f1(pred: str, answers: list[str]) -> float:
-    """Token-level F1 of the official SQuAD v1.1 script, the best over the gold answers."""
-    return max((_f1(pred, a) for a in answers), default=0.0)
-
-
-def gsm8k_number(text: str) -> str | None:
-    """The number after the first '#### ' ('1,234' -> '1234', '5.' -> '5'), or None."""
-    m = re.search(r"####\s*(-?[0-9.,]*[0-9])", text)
-    return m.group(1).replace(",", "").rstrip(".") if m else None
-
-
-def stderr(p: float, n: int) -> float:
-    """Standard error of an accuracy p measured on n items: sqrt(p(1-p)/(n-1))."""
-    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
-
-
-def truncate(generated: str, stop: tuple[str, ...]) -> str:
-    """The generation without leading whitespace, cut at the first stop string."""
-    text = generated.lstrip()
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-    return text[:cut]
-
-
-def score_decode(name: str, generated: str, ex: Example) -> dict[str, float]:
-    """Metrics of one decoded answer: the generation cut at the task's stop strings, then EM (+F1)."""
-    spec = get_spec(name)
-    if spec.kind != "decode":
-        raise ValueError(f"{name} is a scored task; use score_choices")
-    text = truncate(generated, spec.stop)
-    if name == "gsm8k":
-        number = gsm8k_number(text)
-        return {"em": float(number is not None and number == ex.answers[0])}
-    if name == "commonsenseqa":  # answers = [text, label]; a bare label ("B", "B.") also counts
-        label_hit = text.strip().rstrip(".)") == ex.answers[1]
-        return {"em": max(exact_match(text, ex.answers[:1]), float(label_hit))}
-    scores = {"em": exact_match(text, ex.answers)}
-    if "f1" in spec.metrics:
-        scores["f1"] = f1(text, ex.answers)
-    return scores
-
-
-def score_choices(ex: Example, logliks: list[float]) -> dict[str, float]:
-    """acc and acc_norm (log-likelihood per character of the choice, as lm-eval) of one scored item."""
-    best = max(range(len(logliks)), key=lambda i: logliks[i])
-    best_norm = max(range(len(logliks)), key=lambda i: logliks[i] / max(1, len(ex.choices[i].lstrip(" "))))
-    return {"acc": float(best == ex.label), "acc_norm": float(best_norm == ex.label)}
 
 
 # ------------------------------------------------------------------------------------- download command

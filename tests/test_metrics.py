@@ -1,0 +1,58 @@
+"""metrics.py: SQuAD-style EM/F1, GSM8K answers, stop strings, standard errors, per-item scores."""
+import pytest
+
+import metrics
+import tasks
+
+
+def test_normalized_exact_match():
+    assert metrics.exact_match("The Cat!", ["cat"]) == 1.0
+    assert metrics.exact_match("a cats", ["cat"]) == 0.0
+
+
+def test_f1_partial_overlap():
+    # tokens after normalisation: [big, cat, sat] vs [cat, sat, down]: p = r = 2/3
+    assert metrics.f1("The big cat sat.", ["a cat sat down"]) == pytest.approx(2 / 3)
+
+
+def test_f1_takes_best_answer():
+    # "cat" vs "black cat": p = 1, r = 1/2 -> 2/3
+    assert metrics.f1("cat", ["dog", "black cat"]) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("text,number", [
+    ("so 3 + 4 = 7\n#### 1,234", "1234"), ("#### -5", "-5"), ("#### 3.5", "3.5"), ("####72.", "72"),
+    ("the answer is 7", None)])
+def test_gsm8k_number(text, number):
+    assert metrics.gsm8k_number(text) == number
+
+
+def test_stderr():
+    assert metrics.stderr(0.5, 101) == pytest.approx(0.05)
+    assert metrics.stderr(1.0, 1) == 0.0
+
+
+def score(task: str, generated: str, answers: list[str]) -> dict[str, float]:
+    return metrics.score_decode(tasks.TASKS[task], generated, answers)
+
+
+def test_gsm8k_generation_cut_at_stop_strings():
+    assert score("gsm8k", " 3+4=7\n#### 7\n\nQuestion: next\n#### 8", ["7"]) == {"em": 1.0}
+    assert score("gsm8k", " 3+4=7\n\n#### 7", ["7"]) == {"em": 0.0}
+
+
+def test_squad_generation_scored_on_first_line():
+    assert score("squad", " the Denver Broncos.\nQuestion: who", ["Denver Broncos"]) == {"em": 1.0, "f1": 1.0}
+
+
+def test_lambada_generation_is_one_word():
+    assert score("lambada", " key and left", ["key"]) == {"em": 1.0}
+
+
+def test_commonsenseqa_accepts_bare_label():
+    assert score("commonsenseqa", " B.\n", ["library", "B"]) == {"em": 1.0}
+    assert score("commonsenseqa", " A", ["library", "B"]) == {"em": 0.0}
+
+
+def test_acc_norm_divides_by_choice_length():
+    assert metrics.score_choices([-2.0, -6.0], [" a", " much longer"], 1) == {"acc": 0.0, "acc_norm": 1.0}
