@@ -113,10 +113,11 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                     per[k].append(v)
                 scores = [metrics.score_choices(p, e.choices, e.label) for e, p in zip(examples, per)]
             for metric in spec.metrics:
-                p = sum(s[metric] for s in scores) / len(scores)
+                values = [s[metric] for s in scores]
+                p = sum(values) / len(values)
                 results.append({"task": task, "checkpoint": cfg.ckpt, "variant": variant_name(meta),
                                 "m_ft": meta.get("m_ft", 0), "m_inf": m, "n": len(scores), "metric": metric,
-                                "value": p, "stderr": metrics.stderr(p, len(scores))})
+                                "value": p, "stderr": metrics.stderr(values)})
     return results
 
 

@@ -42,9 +42,14 @@ def gsm8k_number(text: str) -> str | None:
     return m.group(1).replace(",", "").rstrip(".") if m else None
 
 
-def stderr(p: float, n: int) -> float:
-    """Standard error of an accuracy p measured on n items: sqrt(p(1-p)/(n-1))."""
-    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
+def stderr(values: list[float]) -> float:
+    """Standard error of the mean of per-item scores: sample std / sqrt(n). For 0/1 scores (accuracy,
+    EM) this is the paper's sqrt(p(1-p)/(n-1)); for F1 and other graded scores it is the right one."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def truncate(generated: str, stop: tuple[str, ...]) -> str:

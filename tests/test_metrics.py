@@ -1,4 +1,6 @@
 """metrics.py: SQuAD-style EM/F1, GSM8K answers, stop strings, standard errors, per-item scores."""
+import math
+
 import pytest
 
 import metrics
@@ -27,9 +29,16 @@ def test_gsm8k_number(text, number):
     assert metrics.gsm8k_number(text) == number
 
 
-def test_stderr():
-    assert metrics.stderr(0.5, 101) == pytest.approx(0.05)
-    assert metrics.stderr(1.0, 1) == 0.0
+def test_stderr_of_accuracy_is_the_papers_formula():
+    values = [1.0] * 3 + [0.0] * 5  # p = 3/8
+    assert metrics.stderr(values) == pytest.approx(math.sqrt(3 / 8 * 5 / 8 / 7))
+    assert metrics.stderr([1.0]) == 0.0
+
+
+def test_stderr_of_f1_is_sample_std_over_sqrt_n():
+    # F1 scores 1, 0.5, 0.5, 0: mean 0.5, sample variance (0.25 + 0 + 0 + 0.25) / 3 = 1/6, so stderr = sqrt(1/6 / 4);
+    # the Bernoulli formula sqrt(p(1-p)/(n-1)) would say sqrt(1/12)
+    assert metrics.stderr([1.0, 0.5, 0.5, 0.0]) == pytest.approx(math.sqrt(1 / 24))
 
 
 def score(task: str, generated: str, answers: list[str]) -> dict[str, float]:
