@@ -36,6 +36,15 @@ def f1(pred: str, answers: list[str]) -> float:
     return max((_f1(pred, a) for a in answers), default=0.0)
 
 
+def leave_one_out(metric, pred: str, answers: list[str]) -> float:
+    """CoQA's official average over several gold answers (also lm-evaluation-harness's coqa/utils.py):
+    the mean, over each gold left out in turn, of the best score against the others; one gold: its score.
+    A human answer is scored the same way against the other humans, so model and human scores compare."""
+    if len(answers) < 2:
+        return metric(pred, answers)
+    return sum(metric(pred, answers[:i] + answers[i + 1:]) for i in range(len(answers))) / len(answers)
+
+
 def gsm8k_number(text: str) -> str | None:
     """The number after the first '#### ' ('1,234' -> '1234', '5.' -> '5'), or None."""
     m = re.search(r"####\s*(-?[0-9.,]*[0-9])", text)
@@ -71,6 +80,8 @@ def score_decode(spec, generated: str, answers: list[str]) -> dict[str, float]:
     if spec.name == "commonsenseqa":  # answers = [text, label]; a bare label ("B", "B.") also counts
         label_hit = text.strip().rstrip(".)") == answers[1]
         return {"em": max(exact_match(text, answers[:1]), float(label_hit))}
+    if spec.name == "coqa":
+        return {"em": leave_one_out(exact_match, text, answers), "f1": leave_one_out(f1, text, answers)}
     scores = {"em": exact_match(text, answers)}
     if "f1" in spec.metrics:
         scores["f1"] = f1(text, answers)

@@ -58,6 +58,16 @@ def test_lambada_generation_is_one_word():
     assert score("lambada", " key and left", ["key"]) == {"em": 1.0}
 
 
+def test_coqa_averages_leave_one_out_over_its_gold_answers():
+    # golds normalise to "cat", "white cat", "dog"; the prediction "cat" scores EM 1, 0, 0 and F1 1, 2/3, 0 against them.
+    # Leaving out each gold in turn, the best of the others: EM 0, 1, 1 -> 2/3; F1 2/3, 1, 1 -> 8/9 (the plain max: 1, 1).
+    golds = ["a cat", "white cat", "dog"]
+    assert score("coqa", " cat\nQ: next", golds) == pytest.approx({"em": 2 / 3, "f1": 8 / 9})
+    assert score("coqa", " white cat", ["White cat"]) == {"em": 1.0, "f1": 1.0}  # one gold: its own score
+    # two golds: each is scored against the other only; a prediction equal to one of two different golds gets half
+    assert score("coqa", " cat", ["cat", "dog"]) == pytest.approx({"em": 0.5, "f1": 0.5})
+
+
 def test_commonsenseqa_accepts_bare_label():
     assert score("commonsenseqa", " B.\n", ["library", "B"]) == {"em": 1.0}
     assert score("commonsenseqa", " A", ["library", "B"]) == {"em": 0.0}
