@@ -84,7 +84,8 @@ TASKS: dict[str, TaskSpec] = {s.name: s for s in [
     TaskSpec("webquestions", "decode", _EM, ("\n",), {
         "train": (_WEBQ + "webquestions.examples.train.json.bz2", None, "webquestions.examples.train.json.bz2"),
         "eval": (_WEBQ + "webquestions.examples.test.json.bz2", None, "webquestions.examples.test.json.bz2")}),
-    TaskSpec("nq_open", "decode", _EM, ("\n",), {
+    # lm-evaluation-harness's nq_open.yaml (version 4.0): its description line, and an answer ends at "\n", "." or ",".
+    TaskSpec("nq_open", "decode", _EM, ("\n", ".", ","), {
         "train": (_NQ + "NQ-open.train.jsonl", "0c93aaf13b12f855628489665e4ef85ffb8573ad444646f11f4fabdc57a0aabf",
                   "NQ-open.train.jsonl"),
         "eval": (_NQ + "NQ-open.dev.jsonl", "f15567f38099f3615f5b8a685c0aef449c11ad90d3da3735e8d1b98115b40616",
@@ -266,7 +267,7 @@ def _nq_open(r: dict) -> list[Example]:
     answers = r["answer"]
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise TypeError("field 'answer' is not a list of strings")
-    return [Example(f"Q: {_s(r, 'question')}?\nA:", " " + answers[0], answers)]
+    return [Example(f"Answer these questions:\n\nQ: {_s(r, 'question')}?\nA:", " " + answers[0], answers)]
 
 
 _READERS = {  # name -> (records of the file, one record -> examples)

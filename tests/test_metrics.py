@@ -68,6 +68,12 @@ def test_coqa_averages_leave_one_out_over_its_gold_answers():
     assert score("coqa", " cat", ["cat", "dog"]) == pytest.approx({"em": 0.5, "f1": 0.5})
 
 
+def test_nq_open_answer_stops_at_newline_period_and_comma():
+    assert score("nq_open", " Linda Davis, who sang it", ["Linda Davis"]) == {"em": 1.0}
+    assert score("nq_open", " 1793. It was built", ["1793"]) == {"em": 1.0}
+    assert score("nq_open", " 1793\nQ: next", ["1793"]) == {"em": 1.0}
+
+
 def test_commonsenseqa_accepts_bare_label():
     assert score("commonsenseqa", " B.\n", ["library", "B"]) == {"em": 1.0}
     assert score("commonsenseqa", " A", ["library", "B"]) == {"em": 0.0}

@@ -139,7 +139,7 @@ def test_nq_open(tmp_path):
         {"question": "who sings does he love me with reba", "answer": ["Linda Davis"]},
         {"question": "when was the first capitol built", "answer": ["1793", "1800"]}])
     ex = tasks.load_task("nq_open", path)
-    assert ex[0].prefix == "Q: who sings does he love me with reba?\nA:"
+    assert ex[0].prefix == "Answer these questions:\n\nQ: who sings does he love me with reba?\nA:"
     assert (ex[1].target, ex[1].answers) == (" 1793", ["1793", "1800"])
 
 
