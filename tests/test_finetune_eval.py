@@ -62,6 +62,15 @@ def test_loss_positions_are_exactly_target_and_eot(tok, m, prepend):
         assert x[len(p_ids) + m - 1] == tok.pause_id and y[len(p_ids) + m - 1] == t_ids[0]
 
 
+def test_long_prefix_loses_its_beginning_not_the_pauses_or_target(tok):
+    prefix, target = "Question: gap " + " ".join(map(str, range(20))) + "\nAnswer:", " #### 6"
+    x, y = encode_example(tok, prefix, target, 4, tok.pause_id, False, 16)
+    t_ids = tok.encode(target) + [tok.eot_id]
+    assert len(x) == 16 and x[-len(t_ids) + 1:].tolist() == t_ids[:-1]  # the block is full, the target whole
+    assert x.tolist()[:16 - 4 - len(t_ids) + 1] == tok.encode(prefix)[-(16 - 4 - len(t_ids) + 1):]  # the prefix's end
+    assert x.tolist().count(tok.pause_id) == 4
+
+
 def test_padding_is_ignored_by_the_loss(tok, ckpt):
     from sample import load_model
     model, _, _ = load_model(ckpt, "cpu")
