@@ -140,7 +140,7 @@ def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], train_file: str, 
         else:
             res = evaluation.main(evaluation.EvalConfig(
                 ckpt=ckpt, task=cfg.task, task_file=eval_file, m_inf=cfg.m_inf, max_examples=cfg.max_examples,
-                batch_size=cfg.eval_batch_size, max_new_tokens=32, out=res_path, device=cfg.device))
+                batch_size=cfg.eval_batch_size, out=res_path, device=cfg.device))  # each task's own answer budget
         records += [{**r, "variant": v["name"], "seed": seed, "ft_iters": iters} for r in res]
     return records
 

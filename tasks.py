@@ -31,8 +31,9 @@ class TaskSpec:
     name: str
     kind: str  # "decode" or "scored"
     metrics: tuple[str, ...]
-    stop: tuple[str, ...]  # a decoded answer ends at the first of these (see truncate)
+    stop: tuple[str, ...]  # a decoded answer ends at the first of these (see metrics.truncate)
     files: dict  # split -> (url, sha256 or None, filename); "eval_labels"/"train_labels" for PIQA
+    max_new_tokens: int = 32  # decode budget: the longest answer generated (short answers need few tokens)
 
 
 # sha256 values are those recorded in Hugging Face datasets' dataset_infos.json for the same files.
@@ -47,7 +48,8 @@ _NQ = "https://raw.githubusercontent.com/google-research-datasets/natural-questi
 _EM, _EMF1, _ACC = ("em",), ("em", "f1"), ("acc", "acc_norm")
 
 TASKS: dict[str, TaskSpec] = {s.name: s for s in [
-    TaskSpec("gsm8k", "decode", _EM, ("\n\n", "Question:"), {
+    # The answer is a worked solution ending in "#### N" (40-150 GPT-2 tokens): lm-evaluation-harness's budget, 256.
+    TaskSpec("gsm8k", "decode", _EM, ("\n\n", "Question:"), max_new_tokens=256, files={
         "train": (_GSM + "train.jsonl", "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
                   "train.jsonl"),
         "eval": (_GSM + "test.jsonl", "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",

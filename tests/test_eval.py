@@ -1,0 +1,124 @@
+"""eval.py as a user relies on it: every answer gets its task's budget, an over-long prompt is cut and
+counted (never fatal), rows of a batch keep their own budgets, and scored tasks refuse pauses that fill
+the block. A stub model that says a fixed answer runs through the real generate and scoring code."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval as evaluation
+from common import UserError, parse_config, save_checkpoint
+from model import GPT, GPTConfig
+from tokenizer import WordTokenizer, padded_vocab
+
+WORDS = ["Question:", "Answer:", "gap", "####", "\n"] + [f"w{i}" for i in range(60)] + [str(i) for i in range(20)]
+LONG_ANSWER = " ".join(f"w{i}" for i in range(40)) + "\n#### 7"  # 43 tokens: more than the old 32-token budget
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return WordTokenizer.build([" ".join(WORDS)])
+
+
+@pytest.fixture(scope="module")
+def ckpt(tok, tmp_path_factory):
+    """A random one-layer model with a 128-token block, in the real checkpoint format."""
+    torch.manual_seed(0)
+    conf = GPTConfig(block_size=128, vocab_size=padded_vocab(tok.vocab_size), n_layer=1, n_head=2, n_embd=16,
+                     pause_id=tok.pause_id)
+    path = str(tmp_path_factory.mktemp("ckpt") / "ckpt.pt")
+    save_checkpoint(path, GPT(conf), None, {"kind": "pretrain", "model": conf.__dict__, "tokenizer": tok.meta()})
+    return path
+
+
+def parrot(model: GPT, tok, successor: dict[str, str], monkeypatch) -> None:
+    """Make `model` predict successor[last input token] with certainty (EOT after any other token, or "w0"
+    after every token if successor is {"*": "w0"}); the real forward still runs, so the KV cache works."""
+    default = tok.encode(successor["*"])[0] if "*" in successor else tok.eot_id
+    lut = torch.full((model.config.vocab_size,), default)
+    for a, b in successor.items():
+        if a != "*":
+            lut[tok.pause_id if a == "<pause>" else tok.encode(a)[0]] = tok.encode(b)[0]
+    forward = model.forward
+
+    def stub(idx, *args, **kwargs):
+        logits, loss = forward(idx, *args, **kwargs)
+        return F.one_hot(lut[idx], logits.size(-1)).float() * 100.0, loss
+
+    monkeypatch.setattr(model, "forward", stub)
+
+
+def says(answer: str) -> dict[str, str]:
+    """Successors that make the model answer `answer` after "Answer:" or a pause, then stop (EOT)."""
+    words = WordTokenizer.split(answer)
+    return {"Answer:": words[0], "<pause>": words[0], **dict(zip(words, words[1:]))}
+
+
+def use_parrot(monkeypatch, successor: dict[str, str]) -> None:
+    load = evaluation.load_model
+
+    def load_parrot(*args, **kwargs):
+        model, tok, meta = load(*args, **kwargs)
+        parrot(model, tok, successor, monkeypatch)
+        return model, tok, meta
+
+    monkeypatch.setattr(evaluation, "load_model", load_parrot)
+
+
+def write_gsm8k(path, questions: list[str]) -> str:
+    path.write_text("".join(json.dumps({"question": q, "answer": LONG_ANSWER}) + "\n" for q in questions))
+    return str(path)
+
+
+def run_eval(ckpt, *args) -> list[dict]:
+    return evaluation.main(parse_config(evaluation.EvalConfig, [f"--ckpt={ckpt}", "--device=cpu", *args]))
+
+
+def test_gsm8k_answer_longer_than_32_tokens_is_decoded_whole(ckpt, tok, tmp_path, monkeypatch):
+    assert len(tok.encode(" " + LONG_ANSWER)) > 32
+    use_parrot(monkeypatch, says(LONG_ANSWER))
+    path = write_gsm8k(tmp_path / "test.jsonl", ["gap 1 3 9"])
+    results = run_eval(ckpt, "--task=gsm8k", f"--task_file={path}", "--m_inf=0,3")
+    assert [(r["m_inf"], r["value"]) for r in results] == [(0, 1.0), (3, 1.0)]
+    # the old fixed budget of 32 tokens never reaches "#### 7"
+    assert [r["value"] for r in run_eval(ckpt, "--task=gsm8k", f"--task_file={path}", "--max_new_tokens=32")] == [0.0]
+
+
+def test_over_long_prompt_is_cut_from_the_left_and_counted(ckpt, tok, tmp_path, monkeypatch):
+    use_parrot(monkeypatch, says(LONG_ANSWER))
+    long_question = "gap " + " ".join(str(i % 20) for i in range(200))  # > the 128-token block on its own
+    path = write_gsm8k(tmp_path / "test.jsonl", ["gap 1 3 9", long_question, "gap 2 5"])
+    results = run_eval(ckpt, "--task=gsm8k", f"--task_file={path}", "--m_inf=0,10")
+    # the long prompt keeps its end ("Answer:"), its pauses and room for the whole answer: all three are right
+    assert [(r["m_inf"], r["value"], r["n_truncated"], r["n"]) for r in results] == [(0, 1.0, 1, 3), (10, 1.0, 1, 3)]
+
+
+def test_rows_of_one_batch_keep_their_own_budgets(ckpt, tok, monkeypatch):
+    model, _, _ = evaluation.load_model(ckpt, "cpu")
+    parrot(model, tok, {"*": "w0"}, monkeypatch)  # never stops: each row runs to its budget
+    short, long = tok.encode("gap 1 2"), tok.encode("gap " + " ".join(["3"] * 99))  # 3 and 100 tokens
+    answers = evaluation.decode_answers(model, tok, [long, short], [28, 50], batch_size=8, bar=_NoBar())
+    # one batch padded to the long prompt would have left the short row 128 - 100 = 28 tokens too
+    assert [len(a.split()) for a in answers] == [28, 50]
+
+
+def write_piqa(tmp_path) -> str:
+    rows = [{"goal": "gap 1 2", "sol1": "w1 w2", "sol2": "w3"}, {"goal": "gap 4", "sol1": "w4", "sol2": "w5 w6"}]
+    (tmp_path / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "valid-labels.lst").write_text("0\n1\n")
+    return str(tmp_path / "valid.jsonl")
+
+
+def test_scored_task_refuses_pauses_that_fill_the_block(ckpt, tmp_path):
+    path = write_piqa(tmp_path)
+    assert [r["n_truncated"] for r in run_eval(ckpt, "--task=piqa", f"--task_file={path}", "--m_inf=0,124")] == [0, 0, 2, 2]
+    out = tmp_path / "r.json"
+    with pytest.raises(UserError, match=r"piqa example 0, m_inf=128: .*no room for the prompt in block_size 128"):
+        run_eval(ckpt, "--task=piqa", f"--task_file={path}", "--m_inf=0,128", f"--out={out}")
+    assert not out.exists()  # refused before any work
+
+
+class _NoBar:
+    def update(self, n):
+        pass
