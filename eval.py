@@ -20,7 +20,7 @@ import metrics
 import tasks
 from common import UserError, opt, parse_config, run_main, setup_runtime
 from finetune import pause_id_for, pretrain_pause_frac
-from sample import generate, load_model, prompt_in_block, with_pauses
+from sample import banned_tokens, generate, load_model, prompt_in_block
 
 
 @dataclass
@@ -75,12 +75,14 @@ def decode_answers(model, tok, prompts: list[list[int]], budgets: list[int], bat
 
 
 @torch.no_grad()
-def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], batch_size: int, bar) -> list[float]:
-    """Sum of log p(choice tokens | context) for each (context_ids, choice_ids), batched and right-padded."""
+def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], vocab_size: int, batch_size: int, bar) -> list[float]:
+    """Sum of log p(choice tokens | context) for each (context_ids, choice_ids), batched and right-padded;
+    p is over the tokens decoding may emit (<pause> and the padded vocab slots masked, as in generate)."""
     block = model.config.block_size
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]) - len(seqs[i][1]))
     out = [0.0] * len(seqs)
     device = model.lm_head.weight.device
+    banned = banned_tokens(model, vocab_size)
     for s in range(0, len(order), batch_size):
         chunk = order[s: s + batch_size]
         full = [seqs[i][0] + seqs[i][1] for i in chunk]
@@ -93,8 +95,8 @@ def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], batch_size: i
             n_choice = len(seqs[i][1])
             x[r, : len(f) - 1] = torch.tensor(f[:-1])
             y[r, len(f) - 1 - n_choice: len(f) - 1] = torch.tensor(f[-n_choice:])  # only the choice is scored
-        logp = F.log_softmax(model(x.to(device))[0].float(), dim=-1)
-        picked = logp.gather(-1, y.clamp(min=0).to(device)[..., None])[..., 0] * (y >= 0).to(device)
+        logp = F.log_softmax(model(x.to(device))[0].float().masked_fill(banned, float("-inf")), dim=-1)
+        picked = logp.gather(-1, y.clamp(min=0).to(device)[..., None])[..., 0].masked_fill((y < 0).to(device), 0.0)
         for r, i in enumerate(chunk):
             out[i] = picked[r].sum().item()
         bar.update(len(chunk))
@@ -141,7 +143,7 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                         seqs.append((context, c))
                         owner.append(k)
                 cut = [any(c for _, c in plan) for plan in plans[m]]
-                ll = choice_logliks(model, seqs, cfg.batch_size, bar)
+                ll = choice_logliks(model, seqs, tok.vocab_size, cfg.batch_size, bar)
                 per = [[] for _ in examples]
                 for k, v in zip(owner, ll):
                     per[k].append(v)

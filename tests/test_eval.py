@@ -119,6 +119,28 @@ def test_scored_task_refuses_pauses_that_fill_the_block(ckpt, tmp_path):
     assert not out.exists()  # refused before any work
 
 
+def test_choice_scoring_masks_pause_and_padded_vocab_like_decoding(ckpt, tok, monkeypatch):
+    model, _, _ = evaluation.load_model(ckpt, "cpu")
+    forward = model.forward
+
+    def pause_loving(*args, **kwargs):  # <pause> and the padded slots would take nearly all the probability
+        logits, loss = forward(*args, **kwargs)
+        logits = logits.clone()
+        logits[..., tok.pause_id] = 30.0
+        logits[..., tok.vocab_size:] = 20.0
+        return logits, loss
+
+    monkeypatch.setattr(model, "forward", pause_loving)
+    context, choice = tok.encode("Question: gap 1 2\nAnswer:") + [tok.pause_id] * 2, tok.encode(" w1 w2")
+    [got] = evaluation.choice_logliks(model, [(context, choice)], tok.vocab_size, 4, _NoBar())
+    by_hand = 0.0
+    for k, target in enumerate(choice):  # log-softmax over the ids decoding may emit: 0 .. vocab_size-1 but <pause>
+        logits = forward(torch.tensor([context + choice[:k]]))[0][0, -1]
+        allowed = [i for i in range(tok.vocab_size) if i != tok.pause_id]
+        by_hand += (logits[target] - torch.logsumexp(logits[allowed], 0)).item()
+    assert got == pytest.approx(by_hand, abs=1e-4)
+
+
 class _NoBar:
     def update(self, n):
         pass

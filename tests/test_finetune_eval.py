@@ -103,11 +103,12 @@ def test_scored_loglik_equals_token_by_token_sum(ckpt):
     context, choices = tok.encode("Question: min 4 9\nAnswer:"), [tok.encode(c) for c in (" #### 4", " #### 9 . 9")]
     for m in (0, 3):
         ctx = context + [tok.pause_id] * m
-        fast = evaluation.choice_logliks(model, [(ctx, c) for c in choices], 8, _NoBar())
+        fast = evaluation.choice_logliks(model, [(ctx, c) for c in choices], tok.vocab_size, 8, _NoBar())
         for c, got in zip(choices, fast):
             by_hand = 0.0
             for k in range(len(c)):  # one forward per choice token, on the unpadded prefix
-                logits = model(torch.tensor([ctx + c[:k]]))[0][0, -1]
+                logits = model(torch.tensor([ctx + c[:k]]))[0][0, -1, :tok.vocab_size]  # the real tokens only
+                logits[tok.pause_id] = float("-inf")
                 by_hand += F.log_softmax(logits, -1)[c[k]].item()
             assert got == pytest.approx(by_hand, abs=1e-4)
 
