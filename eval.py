@@ -7,6 +7,11 @@ answer up to the task's budget (GSM8K 256 tokens, the others 32; --max_new_token
 Scored tasks: log-likelihood of each choice after [context, <pause> x M_inf] -> acc, acc_norm.
 A prompt too long for the block loses its beginning, as in finetuning (the pauses and the answer are
 kept); each result counts such prompts in "n_truncated".
+
+--out writes a JSON list with one record per (M_inf, metric): task, checkpoint, variant, m_ft, m_inf, n,
+metric, value, stderr, n_truncated. With --log_samples (the default) the first metric's record of each
+M_inf also holds "samples", one per example: doc_id (its index in the task file), truncated, scores, and
+generated (the raw text) + answer (what was scored) + target (decode tasks) or logliks + label (scored).
 """
 import json
 import os
@@ -36,6 +41,7 @@ class EvalConfig:
     batch_size: int = opt(32, "sequences per forward pass")
     max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)")
     out: str = opt("", "write the results as JSON here (default: print only)")
+    log_samples: bool = opt(True, "keep each example's text or choice log-likelihoods and scores in the JSON (false: smaller files)")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
@@ -104,7 +110,8 @@ def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], vocab_size: i
 
 
 def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int], cfg: EvalConfig) -> list[dict]:
-    """One result per (M_inf, metric): value, standard error, and how many prompts were truncated."""
+    """One result per (M_inf, metric): value, standard error, how many prompts were truncated, and for the
+    first metric the per-example records (see the module doc)."""
     spec = tasks.get_spec(task)
     pause = pause_id_for(tok, cfg.filler or meta.get("filler", ""))
     prepend = cfg.prepend or meta.get("prepend", False)
@@ -136,6 +143,8 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                 budgets = [min(budget, block - len(p)) for p in prompts]  # a short prompt may use more than the reserve
                 answers = decode_answers(model, tok, prompts, budgets, cfg.batch_size, bar)
                 scores = [metrics.score_decode(spec, a, e.answers) for a, e in zip(answers, examples)]
+                samples = [{"doc_id": k, "truncated": cut[k], "generated": a, "answer": metrics.truncate(a, spec.stop),
+                            "target": e.answers, "scores": s} for k, (a, e, s) in enumerate(zip(answers, examples, scores))]
             else:
                 seqs, owner = [], []
                 for k, plan in enumerate(plans[m]):
@@ -148,12 +157,16 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                 for k, v in zip(owner, ll):
                     per[k].append(v)
                 scores = [metrics.score_choices(p, e.choices, e.label) for e, p in zip(examples, per)]
-            for metric in spec.metrics:
+                samples = [{"doc_id": k, "truncated": cut[k], "logliks": p, "label": e.label, "scores": s}
+                           for k, (p, e, s) in enumerate(zip(per, examples, scores))]
+            for i, metric in enumerate(spec.metrics):
                 values = [s[metric] for s in scores]
                 p = sum(values) / len(values)
                 results.append({"task": task, "checkpoint": cfg.ckpt, "variant": variant_name(meta),
                                 "m_ft": meta.get("m_ft", 0), "m_inf": m, "n": len(scores), "metric": metric,
                                 "value": p, "stderr": metrics.stderr(values), "n_truncated": sum(cut)})
+                if i == 0 and cfg.log_samples:  # once per M_inf: the scores of every metric are in each sample
+                    results[-1]["samples"] = samples
     return results
 
 

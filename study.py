@@ -141,6 +141,7 @@ def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], train_file: str, 
             res = evaluation.main(evaluation.EvalConfig(
                 ckpt=ckpt, task=cfg.task, task_file=eval_file, m_inf=cfg.m_inf, max_examples=cfg.max_examples,
                 batch_size=cfg.eval_batch_size, out=res_path, device=cfg.device))  # each task's own answer budget
+        res = [{k: x for k, x in r.items() if k != "samples"} for r in res]  # per-example records stay in res_path
         records += [{**r, "variant": v["name"], "seed": seed, "ft_iters": iters} for r in res]
     return records
 

@@ -2,17 +2,19 @@
 counted (never fatal), rows of a batch keep their own budgets, and scored tasks refuse pauses that fill
 the block. A stub model that says a fixed answer runs through the real generate and scoring code."""
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import eval as evaluation
+import metrics
 from common import UserError, parse_config, save_checkpoint
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
 
-WORDS = ["Question:", "Answer:", "gap", "####", "\n"] + [f"w{i}" for i in range(60)] + [str(i) for i in range(20)]
+WORDS = ["Question:", "Answer:", "Q:", "A:", "gap", "####", "\n"] + [f"w{i}" for i in range(60)] + [str(i) for i in range(20)]
 LONG_ANSWER = " ".join(f"w{i}" for i in range(40)) + "\n#### 7"  # 43 tokens: more than the old 32-token budget
 
 
@@ -52,7 +54,7 @@ def parrot(model: GPT, tok, successor: dict[str, str], monkeypatch) -> None:
 def says(answer: str) -> dict[str, str]:
     """Successors that make the model answer `answer` after "Answer:" or a pause, then stop (EOT)."""
     words = WordTokenizer.split(answer)
-    return {"Answer:": words[0], "<pause>": words[0], **dict(zip(words, words[1:]))}
+    return {"Answer:": words[0], "A:": words[0], "<pause>": words[0], **dict(zip(words, words[1:]))}
 
 
 def use_parrot(monkeypatch, successor: dict[str, str]) -> None:
@@ -139,6 +141,41 @@ def test_choice_scoring_masks_pause_and_padded_vocab_like_decoding(ckpt, tok, mo
         allowed = [i for i in range(tok.vocab_size) if i != tok.pause_id]
         by_hand += (logits[target] - torch.logsumexp(logits[allowed], 0)).item()
     assert got == pytest.approx(by_hand, abs=1e-4)
+
+
+def test_results_json_holds_each_examples_record(ckpt, tok, tmp_path, monkeypatch):
+    use_parrot(monkeypatch, says(LONG_ANSWER))
+    path, out = write_gsm8k(tmp_path / "test.jsonl", ["gap 1 3 9", "gap 2 5"]), tmp_path / "res.json"
+    results = run_eval(ckpt, "--task=gsm8k", f"--task_file={path}", "--m_inf=0,3", f"--out={out}")
+    assert json.load(open(out)) == results and [r["m_inf"] for r in results] == [0, 3]
+    for r in results:
+        assert [s["doc_id"] for s in r["samples"]] == [0, 1]
+        assert all(s["generated"] == LONG_ANSWER and s["answer"] == LONG_ANSWER and s["target"] == ["7"]
+                   and s["scores"] == {"em": 1.0} and s["truncated"] is False for s in r["samples"])
+    lean = run_eval(ckpt, "--task=gsm8k", f"--task_file={path}", "--log_samples=false")
+    assert "samples" not in lean[0] and lean[0]["value"] == 1.0
+    piqa = run_eval(ckpt, "--task=piqa", f"--task_file={write_piqa(tmp_path)}", "--m_inf=2")
+    assert [r["metric"] for r in piqa] == ["acc", "acc_norm"] and "samples" not in piqa[1]  # once per M_inf
+    assert [(s["doc_id"], len(s["logliks"]), s["label"], set(s["scores"])) for s in piqa[0]["samples"]] == [
+        (0, 2, 0, {"acc", "acc_norm"}), (1, 2, 1, {"acc", "acc_norm"})]
+
+
+COQA = {"data": [{"story": "w1 w2", "questions": [{"input_text": "w3"}, {"input_text": "w7"}],
+                  "answers": [{"input_text": "w4"}, {"input_text": "w8"}],
+                  "additional_answers": {"0": [{"input_text": "w5 w4"}, {"input_text": "w8"}],
+                                         "1": [{"input_text": "w6"}, {"input_text": "w8"}]}}]}
+
+
+def test_coqa_scores_and_f1_stderr_end_to_end(ckpt, tmp_path, monkeypatch):
+    use_parrot(monkeypatch, says("w4"))  # answers "w4" to both turns
+    (tmp_path / "coqa.json").write_text(json.dumps(COQA))
+    em, f1 = run_eval(ckpt, "--task=coqa", f"--task_file={tmp_path / 'coqa.json'}", "--m_inf=0")
+    # turn 1, golds w4 / w5 w4 / w6, leave-one-out: EM 2/3, F1 (2/3 + 1 + 1) / 3 = 8/9; turn 2, gold w8: 0 and 0
+    assert [s["scores"] for s in em["samples"]] == [pytest.approx({"em": 2 / 3, "f1": 8 / 9}), {"em": 0.0, "f1": 0.0}]
+    assert f1["value"] == pytest.approx(4 / 9)
+    # sample std of (8/9, 0) over sqrt(2) = 4/9; the Bernoulli formula sqrt(p(1-p)/(n-1)) would give sqrt(20)/9
+    assert f1["stderr"] == pytest.approx(4 / 9) == metrics.stderr([8 / 9, 0.0])
+    assert not math.isclose(f1["stderr"], math.sqrt(20) / 9)
 
 
 class _NoBar:
