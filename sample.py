@@ -19,6 +19,8 @@ class SampleConfig:
     ckpt: str = opt("out/pretrain/ckpt.pt", "checkpoint to sample from")
     prompt: str = opt("\n", "the prompt (\\n is a newline); FILE:path reads it from a file")
     m_inf: int = opt(-1, "pauses appended to the prompt (-1 = the checkpoint's m_ft, 0 for a pretrained one)")
+    filler: str = opt("", "ablation: this ordinary one-token text instead of <pause> (default: the checkpoint's)")
+    prepend: bool = opt(False, "ablation: pauses before the prompt (also on when the checkpoint was finetuned so)")
     num_samples: int = opt(1, "samples to draw (decoded together as one batch)")
     max_new_tokens: int = opt(64, "tokens to generate after the pauses (clipped to the block size)")
     temperature: float = opt(0.8, "softmax temperature; 0 = greedy")
@@ -141,7 +143,10 @@ def main(cfg: SampleConfig) -> None:
         with open(text[5:], encoding="utf-8") as f:
             text = f.read()
     text = text.replace("\\n", "\n")
-    prompt = with_pauses(tok.encode(text), m_inf, tok.pause_id)
+    from finetune import pause_id_for  # here, not at the top: finetune.py imports this file
+    # the pauses a checkpoint was finetuned with (a filler token, before the prompt) are the ones it expects
+    pause = pause_id_for(tok, cfg.filler or meta.get("filler", ""))
+    prompt = with_pauses(tok.encode(text), m_inf, pause, cfg.prepend or meta.get("prepend", False))
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     with rt.autocast():
         rows = generate(model, [prompt] * cfg.num_samples, cfg.max_new_tokens, tok.vocab_size, cfg.temperature,
