@@ -208,8 +208,15 @@ class GPT(nn.Module):
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
 
-    def estimate_mfu(self, tokens_per_sec: float, device: torch.device | str) -> float | None:
-        """Training model flops utilization (fraction of the GPU's bf16 peak); None off CUDA or on an unknown GPU."""
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training flops per token on sequences of seq_len (default block_size) positions, PaLM appendix B:
+        6N for the matmuls (forward + backward) plus the attention scores over the context."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
+
+    def estimate_mfu(self, tokens_per_sec: float, device: torch.device | str, seq_len: int | None = None) -> float | None:
+        """Training model flops utilization (fraction of the GPU's bf16 peak) on sequences of seq_len positions
+        (the padded batch width; default block_size); None off CUDA or on an unknown GPU."""
         device = torch.device(device)
         if device.type != "cuda" or not torch.cuda.is_available():
             return None
@@ -217,7 +224,4 @@ class GPT(nn.Module):
         peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
         if peak is None:
             return None
-        c = self.config
-        # PaLM appendix B: 6N for the matmuls (forward + backward) plus the attention scores over the context
-        flops_per_token = 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
-        return tokens_per_sec * flops_per_token / peak
+        return tokens_per_sec * self.flops_per_token(seq_len) / peak

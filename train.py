@@ -137,7 +137,7 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         optimizer.zero_grad(set_to_none=True)
         dt, t0 = time.time() - t0, time.time()
         tok_s = n_tokens / dt  # pauses and padding count: they cost compute
-        mfu = raw.estimate_mfu(tok_s / rt.world_size, rt.device)  # per GPU, against one GPU's peak
+        mfu = raw.estimate_mfu(tok_s / rt.world_size, rt.device, x.size(1))  # per GPU, at the batch's width
         log.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tok_s, "mfu": mfu})
         if step % cfg.log_interval == 0 or step == cfg.max_iters - 1:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",

@@ -136,6 +136,15 @@ def test_finetune_then_sweep_one_result_per_m_inf(ckpt, task_files, tmp_path):
     assert [r["m_inf"] for r in evaluation.main(ecfg)] == [3]
 
 
+def test_finetuning_mfu_uses_the_padded_batch_width(ckpt, task_files, tmp_path, monkeypatch):
+    widths = []
+    monkeypatch.setattr(GPT, "estimate_mfu", lambda self, tok_s, device, seq_len=None: widths.append(seq_len))
+    finetune.main(parse_config(FinetuneConfig, [f"--init_from={ckpt}", "--task=gsm8k", f"--out_dir={tmp_path}/ft",
+                                                f"--task_file={task_files}/train.jsonl", "--max_iters=3",
+                                                "--batch_size=2", "--device=cpu", "--val_frac=0"]))
+    assert len(widths) == 3 and all(w is not None and w < 20 for w in widths)  # short examples, not block_size 64
+
+
 def cli_error(fn, capsys) -> str:
     with pytest.raises(SystemExit) as e:
         run_main(fn)
