@@ -21,6 +21,7 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    mlp_hidden: int = 0  # MLP hidden width; 0 = 4 * n_embd (GPT-2)
     dropout: float = 0.0
     bias: bool = False  # biases in Linears and LayerNorms (GPT-2 has them; without is a bit better and faster)
     pause_id: int = 50257  # the <pause> token's id: a config field, never a magic number elsewhere
@@ -95,9 +96,10 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        hidden = config.mlp_hidden or 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ class TrainConfig(LoopConfig):
     n_layer: int = opt(12, "transformer blocks")
     n_head: int = opt(12, "attention heads")
     n_embd: int = opt(768, "embedding width")
+    mlp_hidden: int = opt(0, "MLP hidden width (0 = 4 x n_embd)")
     block_size: int = opt(1024, "context length T")
     bias: bool = opt(False, "biases in Linear and LayerNorm layers")
 
@@ -155,7 +156,8 @@ def start(cfg, rt, gpt_config: GPTConfig) -> tuple[GPT, torch.optim.Optimizer, i
     step, ckpt_path = 0, os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, rt.device)
-        if ckpt["meta"].get("model") != dataclasses.asdict(gpt_config):
+        saved = {**dataclasses.asdict(GPTConfig()), **ckpt["meta"].get("model", {})}  # older: fewer keys, defaults
+        if saved != dataclasses.asdict(gpt_config):
             raise UserError(f"{ckpt_path} holds a model of another config {ckpt['meta'].get('model')}; "
                             "resume with the same model options")
         model.load_state_dict(ckpt["model"])
@@ -194,8 +196,8 @@ def main(cfg: TrainConfig) -> None:
     try:
         data = PretrainData(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.pause_frac, cfg.seed)
         gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab(data.vocab_size),
-                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                               bias=cfg.bias, pause_id=data.pause_id)
+                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, mlp_hidden=cfg.mlp_hidden,
+                               dropout=cfg.dropout, bias=cfg.bias, pause_id=data.pause_id)
         model, optimizer, step, log = start(cfg, rt, gpt_config)
         meta = {"kind": "pretrain", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
                 "tokenizer": data.meta["tokenizer"]}
