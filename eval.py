@@ -41,7 +41,7 @@ class EvalConfig:
     batch_size: int = opt(32, "sequences per forward pass")
     max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)")
     out: str = opt("", "write the results as JSON here (default: print only)")
-    log_samples: bool = opt(True, "keep each example's text or choice log-likelihoods and scores in the JSON (false: smaller files)")
+    log_samples: bool = opt(True, "keep each example's record (text or choice log-likelihoods, scores) in the JSON")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
