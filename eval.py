@@ -81,7 +81,8 @@ def decode_answers(model, tok, prompts: list[list[int]], budgets: list[int], bat
 
 
 @torch.no_grad()
-def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], vocab_size: int, batch_size: int, bar) -> list[float]:
+def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], vocab_size: int, batch_size: int,
+                   bar) -> list[float]:
     """Sum of log p(choice tokens | context) for each (context_ids, choice_ids), batched and right-padded;
     p is over the tokens decoding may emit (<pause> and the padded vocab slots masked, as in generate)."""
     block = model.config.block_size
@@ -144,7 +145,8 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                 answers = decode_answers(model, tok, prompts, budgets, cfg.batch_size, bar)
                 scores = [metrics.score_decode(spec, a, e.answers) for a, e in zip(answers, examples)]
                 samples = [{"doc_id": k, "truncated": cut[k], "generated": a, "answer": metrics.truncate(a, spec.stop),
-                            "target": e.answers, "scores": s} for k, (a, e, s) in enumerate(zip(answers, examples, scores))]
+                            "target": e.answers, "scores": s}
+                           for k, (a, e, s) in enumerate(zip(answers, examples, scores))]
             else:
                 seqs, owner = [], []
                 for k, plan in enumerate(plans[m]):

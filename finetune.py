@@ -56,7 +56,7 @@ def encode_example(tok, prefix: str, target: str, m: int, pause_id: int, prepend
     """[prefix, pauses, target, EOT] as (x, y) with y = -1 everywhere but the target and EOT positions.
     A prefix too long for the block loses its beginning (the end of a context matters most)."""
     target_ids = tok.encode(target) + [tok.eot_id]
-    seq, _ = prompt_in_block(tok.encode(prefix), m, pause_id, prepend, len(target_ids) - 1, block_size)  # EOT is no input
+    seq, _ = prompt_in_block(tok.encode(prefix), m, pause_id, prepend, len(target_ids) - 1, block_size)  # EOT: no input
     n_context = len(seq)
     seq = seq + target_ids
     x, y = np.array(seq[:-1], dtype=np.int64), np.array(seq[1:], dtype=np.int64)

@@ -216,7 +216,8 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
 
-    def estimate_mfu(self, tokens_per_sec: float, device: torch.device | str, seq_len: int | None = None) -> float | None:
+    def estimate_mfu(self, tokens_per_sec: float, device: torch.device | str,
+                     seq_len: int | None = None) -> float | None:
         """Training model flops utilization (fraction of the GPU's bf16 peak) on sequences of seq_len positions
         (the padded batch width; default block_size); None off CUDA or on an unknown GPU."""
         device = torch.device(device)

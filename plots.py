@@ -65,7 +65,7 @@ def _err_caption(rows: list[dict]) -> str:
     if seeds == {1}:
         return "error bars: ± 1 standard error over the test examples"
     if 1 not in seeds:
-        return f"error bars: ± 1 std over {seeds.pop()} seeds" if len(seeds) == 1 else "error bars: ± 1 std over seeds"
+        return f"error bars: ± 1 std over {seeds.pop() if len(seeds) == 1 else 'the'} seeds"
     return "error bars: ± 1 std over seeds (seed averages), ± 1 standard error (single runs)"
 
 

@@ -14,7 +14,7 @@ from common import UserError, parse_config, save_checkpoint
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
 
-WORDS = ["Question:", "Answer:", "Q:", "A:", "gap", "####", "\n"] + [f"w{i}" for i in range(60)] + [str(i) for i in range(20)]
+WORDS = ["Question:", "Answer:", "Q:", "A:", "gap", "####", "\n", *(f"w{i}" for i in range(60)), *map(str, range(20))]
 LONG_ANSWER = " ".join(f"w{i}" for i in range(40)) + "\n#### 7"  # 43 tokens: more than the old 32-token budget
 
 
@@ -114,7 +114,8 @@ def write_piqa(tmp_path) -> str:
 
 def test_scored_task_refuses_pauses_that_fill_the_block(ckpt, tmp_path):
     path = write_piqa(tmp_path)
-    assert [r["n_truncated"] for r in run_eval(ckpt, "--task=piqa", f"--task_file={path}", "--m_inf=0,124")] == [0, 0, 2, 2]
+    results = run_eval(ckpt, "--task=piqa", f"--task_file={path}", "--m_inf=0,124")
+    assert [r["n_truncated"] for r in results] == [0, 0, 2, 2]  # 124 pauses leave the question 3 tokens or fewer
     out = tmp_path / "r.json"
     with pytest.raises(UserError, match=r"piqa example 0, m_inf=128: .*no room for the prompt in block_size 128"):
         run_eval(ckpt, "--task=piqa", f"--task_file={path}", "--m_inf=0,128", f"--out={out}")

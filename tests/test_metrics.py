@@ -59,8 +59,9 @@ def test_lambada_generation_is_one_word():
 
 
 def test_coqa_averages_leave_one_out_over_its_gold_answers():
-    # golds normalise to "cat", "white cat", "dog"; the prediction "cat" scores EM 1, 0, 0 and F1 1, 2/3, 0 against them.
-    # Leaving out each gold in turn, the best of the others: EM 0, 1, 1 -> 2/3; F1 2/3, 1, 1 -> 8/9 (the plain max: 1, 1).
+    # golds normalise to "cat", "white cat", "dog"; the prediction "cat" scores EM 1, 0, 0 and F1 1, 2/3, 0
+    # against them. Leaving out each gold in turn, the best of the others: EM 0, 1, 1 -> 2/3; F1 2/3, 1, 1 -> 8/9
+    # (the plain max: 1 and 1).
     golds = ["a cat", "white cat", "dog"]
     assert score("coqa", " cat\nQ: next", golds) == pytest.approx({"em": 2 / 3, "f1": 8 / 9})
     assert score("coqa", " white cat", ["White cat"]) == {"em": 1.0, "f1": 1.0}  # one gold: its own score

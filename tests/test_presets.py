@@ -35,7 +35,8 @@ def test_130m_preset_is_about_130m():
 
 def test_mlp_width_defaults_to_four_times_the_embedding():
     def mlp(**kw):
-        return GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=16, pause_id=63, **kw)).transformer.h[0].mlp
+        conf = GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=16, pause_id=63, **kw)
+        return GPT(conf).transformer.h[0].mlp
     assert mlp().c_fc.weight.shape == (64, 16) and mlp(mlp_hidden=24).c_fc.weight.shape == (24, 16)
     assert mlp(mlp_hidden=24).c_proj.weight.shape == (16, 24)
 
