@@ -61,7 +61,8 @@ def bench_training(cfg: BenchConfig, tc: TrainConfig, rt, data_dir: str, pause_f
     data = PretrainData(data_dir, tc.block_size, tc.batch_size, pause_frac, cfg.seed)
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(block_size=tc.block_size, vocab_size=padded_vocab(data.vocab_size), n_layer=tc.n_layer,
-                          n_head=tc.n_head, n_embd=tc.n_embd, pause_id=data.pause_id, pos=tc.pos)).to(rt.device)
+                          n_head=tc.n_head, n_embd=tc.n_embd, mlp_hidden=tc.mlp_hidden,
+                          pause_id=data.pause_id, pos=tc.pos)).to(rt.device)
     optimizer = make_optimizer(model, tc)
     step_fn = torch.compile(model) if cfg.compile else model
     for step in range(cfg.warmup + cfg.steps):
@@ -89,7 +90,8 @@ def bench_training(cfg: BenchConfig, tc: TrainConfig, rt, data_dir: str, pause_f
 def bench_sampling(cfg: BenchConfig, tc: TrainConfig, rt) -> dict:
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(block_size=tc.block_size, vocab_size=padded_vocab(GPT2_PAUSE + 1), n_layer=tc.n_layer,
-                          n_head=tc.n_head, n_embd=tc.n_embd, pause_id=GPT2_PAUSE, pos=tc.pos)).to(rt.device).eval()
+                          n_head=tc.n_head, n_embd=tc.n_embd, mlp_hidden=tc.mlp_hidden,
+                          pause_id=GPT2_PAUSE, pos=tc.pos)).to(rt.device).eval()
     prompt = torch.randint(0, GPT2_EOT, (cfg.prompt_len,)).tolist()
     n_new = min(cfg.new_tokens, tc.block_size - cfg.prompt_len - 10)
 

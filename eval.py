@@ -2,8 +2,16 @@
 
     python eval.py --ckpt=out/ft/ckpt.pt --task=gsm8k --task_file=data/gsm8k/test.jsonl --m_inf=0,1,2,5,10,20
 
-Decode tasks: greedy decoding with the KV cache after [prompt, <pause> x M_inf] -> EM (and F1).
+Decode tasks: greedy decoding with the KV cache after [prompt, <pause> x M_inf] -> EM (and F1), each
+answer up to the task's budget (GSM8K 256 tokens, the others 32; --max_new_tokens overrides it).
 Scored tasks: log-likelihood of each choice after [context, <pause> x M_inf] -> acc, acc_norm.
+A prompt too long for the block loses its beginning, as in finetuning (the pauses and the answer are
+kept); each result counts such prompts in "n_truncated".
+
+--out writes a JSON list with one record per (M_inf, metric): task, checkpoint, variant, m_ft, m_inf, n,
+metric, value, stderr, n_truncated. With --log_samples (the default) the first metric's record of each
+M_inf also holds "samples", one per example: doc_id (its index in the task file), truncated, scores, and
+generated (the raw text) + answer (what was scored) + target (decode tasks) or logliks + label (scored).
 """
 import json
 import os
@@ -13,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import metrics
 import tasks
 from common import UserError, opt, parse_config, run_main, setup_runtime
 from finetune import pause_id_for, pretrain_pause_frac
-from sample import generate, load_model, with_pauses
+from sample import banned_tokens, generate, load_model, prompt_in_block
 
 
 @dataclass
@@ -30,8 +39,9 @@ class EvalConfig:
     prepend: bool = opt(False, "ablation: pauses before the prompt (also on when the checkpoint was finetuned so)")
     max_examples: int = opt(0, "evaluate only the first N examples (0 = all)")
     batch_size: int = opt(32, "sequences per forward pass")
-    max_new_tokens: int = opt(32, "longest decoded answer")
+    max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)")
     out: str = opt("", "write the results as JSON here (default: print only)")
+    log_samples: bool = opt(True, "keep each example's record (text or choice log-likelihoods, scores) in the JSON")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
@@ -46,29 +56,45 @@ def variant_name(meta: dict) -> str:
 
 
 @torch.no_grad()
-def decode_answers(model, tok, prompts: list[list[int]], max_new: int, batch_size: int, bar) -> list[str]:
-    """Greedy answers, batched by similar length (prompts sorted) to waste little padding."""
+def decode_answers(model, tok, prompts: list[list[int]], budgets: list[int], batch_size: int, bar) -> list[str]:
+    """Greedy answers, row i up to budgets[i] tokens. Rows of similar length share a batch (prompts sorted,
+    little padding); a batch closes before its longest prompt would leave another row less than its budget."""
+    block = model.config.block_size
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [""] * len(prompts)
-    for s in range(0, len(order), batch_size):
-        chunk = order[s: s + batch_size]
-        rows = generate(model, [prompts[i] for i in chunk], max_new, tok.vocab_size, stop_id=tok.eot_id)
+    s = 0
+    while s < len(order):
+        chunk, most = [order[s]], budgets[order[s]]
+        while s + len(chunk) < len(order) and len(chunk) < batch_size:
+            nxt = order[s + len(chunk)]  # the longest prompt of the batch if it joins
+            if len(prompts[nxt]) + max(most, budgets[nxt]) > block:
+                break
+            chunk.append(nxt)
+            most = max(most, budgets[nxt])
+        rows = generate(model, [prompts[i] for i in chunk], [budgets[i] for i in chunk], tok.vocab_size,
+                        stop_id=tok.eot_id)
         for i, row in zip(chunk, rows):
             answers[i] = tok.decode(row)
         bar.update(len(chunk))
+        s += len(chunk)
     return answers
 
 
 @torch.no_grad()
-def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], batch_size: int, bar) -> list[float]:
-    """Sum of log p(choice tokens | context) for each (context_ids, choice_ids), batched and right-padded."""
+def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], vocab_size: int, batch_size: int,
+                   bar) -> list[float]:
+    """Sum of log p(choice tokens | context) for each (context_ids, choice_ids), batched and right-padded;
+    p is over the tokens decoding may emit (<pause> and the padded vocab slots masked, as in generate)."""
     block = model.config.block_size
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]) - len(seqs[i][1]))
     out = [0.0] * len(seqs)
     device = model.lm_head.weight.device
+    banned = banned_tokens(model, vocab_size)
     for s in range(0, len(order), batch_size):
         chunk = order[s: s + batch_size]
-        full = [(seqs[i][0] + seqs[i][1])[-(block + 1):] for i in chunk]  # keep the end if too long
+        full = [seqs[i][0] + seqs[i][1] for i in chunk]
+        if max(len(f) for f in full) > block + 1:  # evaluate() cuts contexts to fit (prompt_in_block)
+            raise ValueError(f"a context with its choice is longer than block_size + 1 = {block + 1}")
         T = max(len(f) for f in full) - 1
         x = torch.zeros(len(chunk), T, dtype=torch.long)
         y = torch.full((len(chunk), T), -1, dtype=torch.long)
@@ -76,8 +102,8 @@ def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], batch_size: i
             n_choice = len(seqs[i][1])
             x[r, : len(f) - 1] = torch.tensor(f[:-1])
             y[r, len(f) - 1 - n_choice: len(f) - 1] = torch.tensor(f[-n_choice:])  # only the choice is scored
-        logp = F.log_softmax(model(x.to(device))[0].float(), dim=-1)
-        picked = logp.gather(-1, y.clamp(min=0).to(device)[..., None])[..., 0] * (y >= 0).to(device)
+        logp = F.log_softmax(model(x.to(device))[0].float().masked_fill(banned, float("-inf")), dim=-1)
+        picked = logp.gather(-1, y.clamp(min=0).to(device)[..., None])[..., 0].masked_fill((y < 0).to(device), 0.0)
         for r, i in enumerate(chunk):
             out[i] = picked[r].sum().item()
         bar.update(len(chunk))
@@ -85,37 +111,64 @@ def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], batch_size: i
 
 
 def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int], cfg: EvalConfig) -> list[dict]:
-    """One result per (M_inf, metric): value and standard error over the examples."""
+    """One result per (M_inf, metric): value, standard error, how many prompts were truncated, and for the
+    first metric the per-example records (see the module doc)."""
     spec = tasks.get_spec(task)
     pause = pause_id_for(tok, cfg.filler or meta.get("filler", ""))
     prepend = cfg.prepend or meta.get("prepend", False)
-    results = []
+    block = model.config.block_size
+    budget = cfg.max_new_tokens or spec.max_new_tokens
+    # Room kept for the answer after every prompt: the whole budget, unless it is over half the block (a small
+    # model given GSM8K's 256), where cutting every prompt to make room would leave it almost nothing.
+    reserve = min(budget, block // 2)
     prefixes = [tok.encode(e.prefix) for e in examples]  # encoded once, before any model work
     choices = [[tok.encode(c) for c in e.choices] for e in examples]
+
+    def fit(k: int, m: int, answer: int) -> tuple[list[int], bool]:
+        try:
+            return prompt_in_block(prefixes[k], m, pause, prepend, answer, block)
+        except UserError as err:
+            raise UserError(f"{task} example {k}, m_inf={m}: {err}") from None
+
+    # every prompt is built, and an impossible one refused, before any model work
+    if spec.kind == "decode":
+        plans = {m: [fit(k, m, reserve) for k in range(len(examples))] for m in m_infs}
+    else:
+        plans = {m: [[fit(k, m, len(c) - 1) for c in cs] for k, cs in enumerate(choices)] for m in m_infs}
+    results = []
     total = len(m_infs) * sum(len(c) or 1 for c in choices)
     with tqdm(total=total, desc=f"eval {task}", dynamic_ncols=True) as bar:
         for m in m_infs:
             if spec.kind == "decode":
-                prompts = [with_pauses(p, m, pause, prepend) for p in prefixes]
-                answers = decode_answers(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size, bar)
-                scores = [tasks.score_decode(task, a, e) for a, e in zip(answers, examples)]
+                prompts, cut = [p for p, _ in plans[m]], [c for _, c in plans[m]]
+                budgets = [min(budget, block - len(p)) for p in prompts]  # a short prompt may use more than the reserve
+                answers = decode_answers(model, tok, prompts, budgets, cfg.batch_size, bar)
+                scores = [metrics.score_decode(spec, a, e.answers) for a, e in zip(answers, examples)]
+                samples = [{"doc_id": k, "truncated": cut[k], "generated": a, "answer": metrics.truncate(a, spec.stop),
+                            "target": e.answers, "scores": s}
+                           for k, (a, e, s) in enumerate(zip(answers, examples, scores))]
             else:
                 seqs, owner = [], []
-                for k, (p, cs) in enumerate(zip(prefixes, choices)):
-                    context = with_pauses(p, m, pause, prepend)
-                    for c in cs:
+                for k, plan in enumerate(plans[m]):
+                    for (context, _), c in zip(plan, choices[k]):
                         seqs.append((context, c))
                         owner.append(k)
-                ll = choice_logliks(model, seqs, cfg.batch_size, bar)
+                cut = [any(c for _, c in plan) for plan in plans[m]]
+                ll = choice_logliks(model, seqs, tok.vocab_size, cfg.batch_size, bar)
                 per = [[] for _ in examples]
                 for k, v in zip(owner, ll):
                     per[k].append(v)
-                scores = [tasks.score_choices(e, p) for e, p in zip(examples, per)]
-            for metric in spec.metrics:
-                p = sum(s[metric] for s in scores) / len(scores)
+                scores = [metrics.score_choices(p, e.choices, e.label) for e, p in zip(examples, per)]
+                samples = [{"doc_id": k, "truncated": cut[k], "logliks": p, "label": e.label, "scores": s}
+                           for k, (p, e, s) in enumerate(zip(per, examples, scores))]
+            for i, metric in enumerate(spec.metrics):
+                values = [s[metric] for s in scores]
+                p = sum(values) / len(values)
                 results.append({"task": task, "checkpoint": cfg.ckpt, "variant": variant_name(meta),
                                 "m_ft": meta.get("m_ft", 0), "m_inf": m, "n": len(scores), "metric": metric,
-                                "value": p, "stderr": tasks.stderr(p, len(scores))})
+                                "value": p, "stderr": metrics.stderr(values), "n_truncated": sum(cut)})
+                if i == 0 and cfg.log_samples:  # once per M_inf: the scores of every metric are in each sample
+                    results[-1]["samples"] = samples
     return results
 
 
@@ -135,7 +188,7 @@ def main(cfg: EvalConfig) -> list[dict]:
         results = evaluate(model, tok, meta, cfg.task, examples, m_infs, cfg)
     for r in results:
         print(f"{r['task']} {r['variant']} m_ft={r['m_ft']} m_inf={r['m_inf']:>3} {r['metric']}="
-              f"{r['value']:.4f} ± {r['stderr']:.4f} (n={r['n']})")
+              f"{r['value']:.4f} ± {r['stderr']:.4f} (n={r['n']}, {r['n_truncated']} prompts truncated)")
     if cfg.out:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
         with open(cfg.out + ".tmp", "w") as f:

@@ -15,7 +15,7 @@ import torch
 import tasks
 from common import UserError, load_checkpoint, opt, parse_config, run_main, setup_runtime, teardown
 from model import GPTConfig
-from sample import load_model, with_pauses
+from sample import load_model, prompt_in_block
 from train import LoopConfig, fit, start
 
 
@@ -72,11 +72,8 @@ def encode_example(tok, prefix: str, target: str, m: int, pause_id: int, prepend
 
 def assemble(prefix_ids: list[int], target_ids: list[int], m: int, pause_id: int, prepend: bool, block_size: int):
     """encode_example on token ids (target_ids end with EOT). A prefix too long for the block loses its
-    beginning (the end of a context matters most)."""
-    room = block_size + 1 - len(target_ids) - m
-    if room < 1:
-        raise UserError(f"a target of {len(target_ids)} tokens with {m} pauses does not fit block_size {block_size}")
-    seq = with_pauses(prefix_ids[-room:], m, pause_id, prepend)
+    beginning (the end of a context matters most), by the rule evaluation uses too (sample.prompt_in_block)."""
+    seq, _ = prompt_in_block(prefix_ids, m, pause_id, prepend, len(target_ids) - 1, block_size)  # EOT: no input
     n_context = len(seq)
     seq = seq + target_ids
     x, y = np.array(seq[:-1], dtype=np.int64), np.array(seq[1:], dtype=np.int64)

@@ -23,6 +23,7 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    mlp_hidden: int = 0  # MLP hidden width; 0 = 4 * n_embd (GPT-2)
     dropout: float = 0.0
     bias: bool = False  # biases in Linears and LayerNorms (GPT-2 has them; without is a bit better and faster)
     pause_id: int = 50257  # the <pause> token's id: a config field, never a magic number elsewhere
@@ -114,9 +115,10 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        hidden = config.mlp_hidden or 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,8 +238,16 @@ class GPT(nn.Module):
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
 
-    def estimate_mfu(self, tokens_per_sec: float, device: torch.device | str) -> float | None:
-        """Training model flops utilization (fraction of the GPU's bf16 peak); None off CUDA or on an unknown GPU."""
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training flops per token on sequences of seq_len (default block_size) positions, PaLM appendix B:
+        6N for the matmuls (forward + backward) plus the attention scores over the context."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * (seq_len or c.block_size)
+
+    def estimate_mfu(self, tokens_per_sec: float, device: torch.device | str,
+                     seq_len: int | None = None) -> float | None:
+        """Training model flops utilization (fraction of the GPU's bf16 peak) on sequences of seq_len positions
+        (the padded batch width; default block_size); None off CUDA or on an unknown GPU."""
         device = torch.device(device)
         if device.type != "cuda" or not torch.cuda.is_available():
             return None
@@ -245,7 +255,4 @@ class GPT(nn.Module):
         peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
         if peak is None:
             return None
-        c = self.config
-        # PaLM appendix B: 6N for the matmuls (forward + backward) plus the attention scores over the context
-        flops_per_token = 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
-        return tokens_per_sec * flops_per_token / peak
+        return tokens_per_sec * self.flops_per_token(seq_len) / peak

@@ -54,7 +54,19 @@ def _colors(labels) -> dict[str, str]:
 
 
 def _err(r: dict) -> float:
-    return r.get("stderr") or 0.0  # a single seed may carry no standard error
+    """A record's error bar: the spread the study's tables print, the std over seeds for a seed average,
+    else the standard error over the test examples (a single run's, or a single seed's)."""
+    return (r.get("std") if r.get("n_seeds", 1) > 1 else r.get("stderr")) or 0.0
+
+
+def _err_caption(rows: list[dict]) -> str:
+    """What the error bars are, said on the figure."""
+    seeds = {r.get("n_seeds", 1) for r in rows}
+    if seeds == {1}:
+        return "error bars: ± 1 standard error over the test examples"
+    if 1 not in seeds:
+        return f"error bars: ± 1 std over {seeds.pop() if len(seeds) == 1 else 'the'} seeds"
+    return "error bars: ± 1 std over seeds (seed averages), ± 1 standard error (single runs)"
 
 
 def _save(fig, out_png: str, data: dict) -> str:
@@ -91,7 +103,7 @@ def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseli
         color = colors.get(baseline, "black")
         ax.axhspan(value - err, value + err, color=color, alpha=0.12, lw=0)
         ax.axhline(value, color=color, ls="--", lw=1.2, label=label)
-        base_info = {"label": label, "value": value, "stderr": err}
+        base_info = {"label": label, "value": value, "err": err}
     starred = False
     for i, (label, rs) in enumerate(series.items()):
         xs, ys = [r["m_inf"] for r in rs], [r["value"] for r in rs]
@@ -112,12 +124,14 @@ def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseli
         ax.set_xscale("symlog", linthresh=1, linscale=0.5)
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set(xlabel="M_inf (pauses appended at inference)", ylabel=metric, title=f"{task}: {metric} vs M_inf")
+    caption = _err_caption(rows)
+    ax.set(xlabel="M_inf (pauses appended at inference)", ylabel=metric, title=f"{task}: {metric} vs M_inf\n{caption}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: covers no data
-    data = {"task": task, "metric": metric, "baseline": base_info,
+    data = {"task": task, "metric": metric, "error_bars": caption, "baseline": base_info,
             "series": [{"label": k, "variant": rs[0]["variant"], "m_ft": rs[0]["m_ft"],
-                        **{key: [r.get(key) for r in rs] for key in ("m_inf", "value", "stderr")}}
+                        **{key: [r.get(key) for r in rs] for key in ("m_inf", "value", "stderr")},
+                        "err": [_err(r) for r in rs]}
                        for k, rs in series.items()],
             "records": [r for rs in series.values() for r in rs]}
     return _save(fig, out_png, data)
@@ -148,9 +162,11 @@ def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: 
     ax.set_xticks(range(len(bars)), [f"{k}\nM_ft={r['m_ft']}" for k, r in bars], rotation=20 if tilt else 0,
                   ha="right" if tilt else "center", rotation_mode="anchor", fontsize=8)
     where = "M_inf = M_ft" if at == "m_ft" else f"M_inf = {int(at)}"
-    ax.set(ylabel=metric, title=f"{task}: {metric} at {where}")
+    caption = _err_caption([r for _, r in bars])
+    ax.set(ylabel=metric, title=f"{task}: {metric} at {where}\n{caption}")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_png, {"task": task, "metric": metric, "at": at, "bars": [{"label": k, **r} for k, r in bars]})
+    return _save(fig, out_png, {"task": task, "metric": metric, "at": at, "error_bars": caption,
+                                "bars": [{"label": k, **r, "err": _err(r)} for k, r in bars]})
 
 
 def read_log(path: str) -> dict:

@@ -19,6 +19,8 @@ class SampleConfig:
     ckpt: str = opt("out/pretrain/ckpt.pt", "checkpoint to sample from")
     prompt: str = opt("\n", "the prompt (\\n is a newline); FILE:path reads it from a file")
     m_inf: int = opt(-1, "pauses appended to the prompt (-1 = the checkpoint's m_ft, 0 for a pretrained one)")
+    filler: str = opt("", "ablation: this ordinary one-token text instead of <pause> (default: the checkpoint's)")
+    prepend: bool = opt(False, "ablation: pauses before the prompt (also on when the checkpoint was finetuned so)")
     num_samples: int = opt(1, "samples to draw (decoded together as one batch)")
     max_new_tokens: int = opt(64, "tokens to generate after the pauses (clipped to the block size)")
     temperature: float = opt(0.8, "softmax temperature; 0 = greedy")
@@ -56,31 +58,57 @@ def with_pauses(ids: list[int], m: int, pause_id: int, prepend: bool = False) ->
     return [pause_id] * m + list(ids) if prepend else list(ids) + [pause_id] * m
 
 
+def prompt_in_block(prefix: list[int], m: int, pause_id: int, prepend: bool, answer: int,
+                    block_size: int) -> tuple[list[int], bool]:
+    """[prefix, pauses] (pauses first if prepend) leaving `answer` positions of the block for the answer
+    tokens the model reads: a prefix too long loses its beginning (the end of a context matters most),
+    the pauses and the answer never. The same rule for finetuning and evaluation. Returns the prompt
+    and whether the prefix was cut."""
+    room = block_size - m - answer
+    if room < 1:
+        raise UserError(f"{m} pauses and {answer} answer tokens leave no room for the prompt in block_size "
+                        f"{block_size}: use fewer pauses or a shorter answer")
+    kept = prefix[-room:]
+    return with_pauses(kept, m, pause_id, prepend), len(kept) < len(prefix)
+
+
+def banned_tokens(model: GPT, vocab_size: int) -> torch.Tensor:
+    """(vocab,) bool, True where the model must put no probability: <pause> and the padded vocab slots.
+    Decoding and choice scoring both mask these, so both use the same distribution."""
+    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=model.lm_head.weight.device)
+    banned[vocab_size:] = True
+    banned[model.config.pause_id] = True  # never emit <pause>
+    return banned
+
+
 @torch.no_grad()
-def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, vocab_size: int, temperature: float = 0.0,
-             top_k: int = 0, stop_id: int | None = None, use_cache: bool = True,
+def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[int], vocab_size: int,
+             temperature: float = 0.0, top_k: int = 0, stop_id: int | None = None, use_cache: bool = True,
              generator: torch.Generator | None = None) -> list[list[int]]:
     """Decode a batch of prompts (each already ending with its pauses), left-padded together.
     Only logits after the last prompt token are read; <pause> and the padded vocab slots are
-    masked, so they are never emitted. Returns the new tokens of each row, cut before stop_id."""
+    masked, so they are never emitted. max_new_tokens is one budget or one per row: a row stops at
+    its own, the others go on; each is clipped to what the block leaves after the longest prompt.
+    Returns the new tokens of each row, cut before stop_id."""
     device, block = model.lm_head.weight.device, model.config.block_size
     longest = max(len(p) for p in prompts)
     if longest >= block:
         raise UserError(f"a prompt with its pauses is {longest} tokens: the block size {block} leaves no room to answer")
-    max_new_tokens = min(max_new_tokens, block - longest)
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    budgets = [min(b, block - longest) for b in budgets]  # the rows share columns, so the longest prompt bounds all
+    max_new_tokens = max(budgets)
     idx = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
     mask = torch.zeros(len(prompts), longest, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):  # left padding: every row's last prompt token is in the last column
         idx[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, longest - len(p):] = True
-    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
-    banned[vocab_size:] = True
-    banned[model.config.pause_id] = True  # never emit <pause>
+    banned = banned_tokens(model, vocab_size)
     cache = model.new_cache(len(prompts), longest + max_new_tokens) if use_cache else None
     out = torch.empty(len(prompts), 0, dtype=torch.long, device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    last_step = torch.tensor(budgets, device=device) - 1
     step_input = idx  # the prefill: prompt and pauses in one pass
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if use_cache:
             logits, _ = model(step_input, cache=cache, key_mask=mask)
         else:
@@ -97,11 +125,12 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, vocab_si
         out = torch.cat([out, nxt[:, None]], 1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         step_input = nxt[:, None]
+        done |= last_step <= step  # this row's budget is spent
         if stop_id is not None:
             done |= nxt == stop_id
-            if done.all():
-                break
-    rows = out.tolist()
+        if done.all():
+            break
+    rows = [r[:b] for r, b in zip(out.tolist(), budgets)]
     return [r[:r.index(stop_id)] if stop_id in r else r for r in rows]
 
 
@@ -114,7 +143,10 @@ def main(cfg: SampleConfig) -> None:
         with open(text[5:], encoding="utf-8") as f:
             text = f.read()
     text = text.replace("\\n", "\n")
-    prompt = with_pauses(tok.encode(text), m_inf, tok.pause_id)
+    from finetune import pause_id_for  # here, not at the top: finetune.py imports this file
+    # the pauses a checkpoint was finetuned with (a filler token, before the prompt) are the ones it expects
+    pause = pause_id_for(tok, cfg.filler or meta.get("filler", ""))
+    prompt = with_pauses(tok.encode(text), m_inf, pause, cfg.prepend or meta.get("prepend", False))
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     with rt.autocast():
         rows = generate(model, [prompt] * cfg.num_samples, cfg.max_new_tokens, tok.vocab_size, cfg.temperature,

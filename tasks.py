@@ -1,5 +1,5 @@
 """The nine downstream tasks: their official files read as published, turned into finetuning pairs
-(prefix, target) and evaluation items, plus the metrics (SQuAD-style EM/F1, GSM8K's `#### N`).
+(prefix, target) and evaluation items. Their metrics are in metrics.py.
 
 Decode tasks are answered by greedy decoding and scored with EM (and F1 for SQuAD/CoQA); scored
 tasks (PIQA, HellaSwag) compare the log-likelihood of each choice (acc, acc_norm). Prompts follow
@@ -9,14 +9,12 @@ with one. Every task has a "train" and an "eval" split in `TASKS[name].files` (L
 import bz2
 import gzip
 import json
-import math
 import os
 import re
-import string
-from collections import Counter
 from dataclasses import dataclass, field
 
 from common import UserError
+from metrics import gsm8k_number
 
 
 @dataclass
@@ -33,8 +31,9 @@ class TaskSpec:
     name: str
     kind: str  # "decode" or "scored"
     metrics: tuple[str, ...]
-    stop: tuple[str, ...]  # a decoded answer ends at the first of these (see truncate)
+    stop: tuple[str, ...]  # a decoded answer ends at the first of these (see metrics.truncate)
     files: dict  # split -> (url, sha256 or None, filename); "eval_labels"/"train_labels" for PIQA
+    max_new_tokens: int = 32  # decode budget: the longest answer generated (short answers need few tokens)
 
 
 # sha256 values are those recorded in Hugging Face datasets' dataset_infos.json for the same files.
@@ -49,7 +48,8 @@ _NQ = "https://raw.githubusercontent.com/google-research-datasets/natural-questi
 _EM, _EMF1, _ACC = ("em",), ("em", "f1"), ("acc", "acc_norm")
 
 TASKS: dict[str, TaskSpec] = {s.name: s for s in [
-    TaskSpec("gsm8k", "decode", _EM, ("\n\n", "Question:"), {
+    # The answer is a worked solution ending in "#### N" (40-150 GPT-2 tokens): lm-evaluation-harness's budget, 256.
+    TaskSpec("gsm8k", "decode", _EM, ("\n\n", "Question:"), max_new_tokens=256, files={
         "train": (_GSM + "train.jsonl", "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
                   "train.jsonl"),
         "eval": (_GSM + "test.jsonl", "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
@@ -86,7 +86,8 @@ TASKS: dict[str, TaskSpec] = {s.name: s for s in [
     TaskSpec("webquestions", "decode", _EM, ("\n",), {
         "train": (_WEBQ + "webquestions.examples.train.json.bz2", None, "webquestions.examples.train.json.bz2"),
         "eval": (_WEBQ + "webquestions.examples.test.json.bz2", None, "webquestions.examples.test.json.bz2")}),
-    TaskSpec("nq_open", "decode", _EM, ("\n",), {
+    # lm-evaluation-harness's nq_open.yaml (version 4.0): its description line, and an answer ends at "\n", "." or ",".
+    TaskSpec("nq_open", "decode", _EM, ("\n", ".", ","), {
         "train": (_NQ + "NQ-open.train.jsonl", "0c93aaf13b12f855628489665e4ef85ffb8573ad444646f11f4fabdc57a0aabf",
                   "NQ-open.train.jsonl"),
         "eval": (_NQ + "NQ-open.dev.jsonl", "f15567f38099f3615f5b8a685c0aef449c11ad90d3da3735e8d1b98115b40616",
@@ -268,7 +269,7 @@ def _nq_open(r: dict) -> list[Example]:
     answers = r["answer"]
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise TypeError("field 'answer' is not a list of strings")
-    return [Example(f"Q: {_s(r, 'question')}?\nA:", " " + answers[0], answers)]
+    return [Example(f"Answer these questions:\n\nQ: {_s(r, 'question')}?\nA:", " " + answers[0], answers)]
 
 
 _READERS = {  # name -> (records of the file, one record -> examples)
@@ -322,79 +323,6 @@ def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None
                 download_file(url, dest, sha256=sha256, desc=f"{name} {filename}")
                 paths.setdefault(split, dest)
     return paths
-
-
-# ------------------------------------------------------------------------------------- metrics
-
-_PUNCT = set(string.punctuation)
-
-
-def normalize_answer(s: str) -> str:
-    """As the official SQuAD v1.1 script: lowercase, drop punctuation and articles, squeeze spaces."""
-    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def exact_match(pred: str, answers: list[str]) -> float:
-    return max((float(normalize_answer(pred) == normalize_answer(a)) for a in answers), default=0.0)
-
-
-def _f1(pred: str, gold: str) -> float:
-    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
-    same = sum((Counter(p) & Counter(g)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(g)
-    return 2 * precision * recall / (precision + recall)
-
-
-def f1(pred: str, answers: list[str]) -> float:
-    """Token-level F1 of the official SQuAD v1.1 script, the best over the gold answers."""
-    return max((_f1(pred, a) for a in answers), default=0.0)
-
-
-def gsm8k_number(text: str) -> str | None:
-    """The number after the first '#### ' ('1,234' -> '1234', '5.' -> '5'), or None."""
-    m = re.search(r"####\s*(-?[0-9.,]*[0-9])", text)
-    return m.group(1).replace(",", "").rstrip(".") if m else None
-
-
-def stderr(p: float, n: int) -> float:
-    """Standard error of an accuracy p measured on n items: sqrt(p(1-p)/(n-1))."""
-    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
-
-
-def truncate(generated: str, stop: tuple[str, ...]) -> str:
-    """The generation without leading whitespace, cut at the first stop string."""
-    text = generated.lstrip()
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-    return text[:cut]
-
-
-def score_decode(name: str, generated: str, ex: Example) -> dict[str, float]:
-    """Metrics of one decoded answer: the generation cut at the task's stop strings, then EM (+F1)."""
-    spec = get_spec(name)
-    if spec.kind != "decode":
-        raise ValueError(f"{name} is a scored task; use score_choices")
-    text = truncate(generated, spec.stop)
-    if name == "gsm8k":
-        number = gsm8k_number(text)
-        return {"em": float(number is not None and number == ex.answers[0])}
-    if name == "commonsenseqa":  # answers = [text, label]; a bare label ("B", "B.") also counts
-        label_hit = text.strip().rstrip(".)") == ex.answers[1]
-        return {"em": max(exact_match(text, ex.answers[:1]), float(label_hit))}
-    scores = {"em": exact_match(text, ex.answers)}
-    if "f1" in spec.metrics:
-        scores["f1"] = f1(text, ex.answers)
-    return scores
-
-
-def score_choices(ex: Example, logliks: list[float]) -> dict[str, float]:
-    """acc and acc_norm (log-likelihood per character of the choice, as lm-eval) of one scored item."""
-    best = max(range(len(logliks)), key=lambda i: logliks[i])
-    best_norm = max(range(len(logliks)), key=lambda i: logliks[i] / max(1, len(ex.choices[i].lstrip(" "))))
-    return {"acc": float(best == ex.label), "acc_norm": float(best_norm == ex.label)}
 
 
 # ------------------------------------------------------------------------------------- download command

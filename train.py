@@ -59,6 +59,7 @@ class TrainConfig(LoopConfig):
     n_layer: int = opt(12, "transformer blocks")
     n_head: int = opt(12, "attention heads")
     n_embd: int = opt(768, "embedding width")
+    mlp_hidden: int = opt(0, "MLP hidden width (0 = 4 x n_embd)")
     block_size: int = opt(1024, "context length T")
     bias: bool = opt(False, "biases in Linear and LayerNorm layers")
     pos: str = opt("learned", "position embeddings: learned (GPT-2) or rope (rotary, no position parameters)")
@@ -138,7 +139,7 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         optimizer.zero_grad(set_to_none=True)
         dt, t0 = time.time() - t0, time.time()
         tok_s = n_tokens / dt  # pauses and padding count: they cost compute
-        mfu = raw.estimate_mfu(tok_s / rt.world_size, rt.device)  # per GPU, against one GPU's peak
+        mfu = raw.estimate_mfu(tok_s / rt.world_size, rt.device, x.size(1))  # per GPU, at the batch's width
         log.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tok_s, "mfu": mfu})
         if step % cfg.log_interval == 0 or step == cfg.max_iters - 1:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
@@ -156,7 +157,8 @@ def start(cfg, rt, gpt_config: GPTConfig) -> tuple[GPT, torch.optim.Optimizer, i
     step, ckpt_path = 0, os.path.join(cfg.out_dir, "ckpt.pt")
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, rt.device)
-        if ckpt["meta"].get("model") != dataclasses.asdict(gpt_config):
+        saved = {**dataclasses.asdict(GPTConfig()), **ckpt["meta"].get("model", {})}  # older: fewer keys, defaults
+        if saved != dataclasses.asdict(gpt_config):
             raise UserError(f"{ckpt_path} holds a model of another config {ckpt['meta'].get('model')}; "
                             "resume with the same model options")
         model.load_state_dict(ckpt["model"])
@@ -197,8 +199,9 @@ def main(cfg: TrainConfig) -> None:
     try:
         data = PretrainData(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.pause_frac, cfg.seed)
         gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab(data.vocab_size),
-                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                               bias=cfg.bias, pause_id=data.pause_id, pos=cfg.pos)
+                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                               mlp_hidden=cfg.mlp_hidden,
+                               dropout=cfg.dropout, bias=cfg.bias, pause_id=data.pause_id, pos=cfg.pos)
         model, optimizer, step, log = start(cfg, rt, gpt_config)
         meta = {"kind": "pretrain", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
                 "tokenizer": data.meta["tokenizer"]}

@@ -73,3 +73,18 @@ def test_sample_bad_inputs(tmp_path, capsys):
                     {"model": dataclasses.asdict(wrong), "tokenizer": tok.meta()})
     assert "does not fit its tokenizer" in sample_error([f"--ckpt={tmp_path}/other.pt"], capsys)
     assert os.path.getsize(path) > 0 and torch.load(path, weights_only=True)["meta"]["tokenizer"] == tok.meta()
+
+
+def test_sample_uses_the_checkpoints_filler_and_prepend(tmp_path, capsys):
+    import sample
+    from model import GPT, GPTConfig
+    from tokenizer import WordTokenizer
+    tok = WordTokenizer.build(["gap 1 2 . Answer:"])
+    conf = GPTConfig(block_size=32, vocab_size=64, n_layer=1, n_head=1, n_embd=8, pause_id=tok.pause_id)
+    path = str(tmp_path / "ft.pt")
+    meta = {"kind": "finetune", "model": dataclasses.asdict(conf), "tokenizer": tok.meta(), "m_ft": 3,
+            "filler": ".", "prepend": True}  # finetuned with 3 "." before the prompt
+    save_checkpoint(path, GPT(conf), None, meta)
+    sample.main(parse_config(sample.SampleConfig, [f"--ckpt={path}", "--device=cpu", "--prompt=gap 1 2 Answer:",
+                                                   "--max_new_tokens=2", "--stop_at_eot=false"]))
+    assert capsys.readouterr().out.startswith(". . . gap 1 2 Answer:")

@@ -62,6 +62,15 @@ def test_loss_positions_are_exactly_target_and_eot(tok, m, prepend):
         assert x[len(p_ids) + m - 1] == tok.pause_id and y[len(p_ids) + m - 1] == t_ids[0]
 
 
+def test_long_prefix_loses_its_beginning_not_the_pauses_or_target(tok):
+    prefix, target = "Question: gap " + " ".join(map(str, range(20))) + "\nAnswer:", " #### 6"
+    x, y = encode_example(tok, prefix, target, 4, tok.pause_id, False, 16)
+    t_ids = tok.encode(target) + [tok.eot_id]
+    assert len(x) == 16 and x[-len(t_ids) + 1:].tolist() == t_ids[:-1]  # the block is full, the target whole
+    assert x.tolist()[:16 - 4 - len(t_ids) + 1] == tok.encode(prefix)[-(16 - 4 - len(t_ids) + 1):]  # the prefix's end
+    assert x.tolist().count(tok.pause_id) == 4
+
+
 def test_padding_is_ignored_by_the_loss(tok, ckpt):
     from sample import load_model
     model, _, _ = load_model(ckpt, "cpu")
@@ -94,11 +103,12 @@ def test_scored_loglik_equals_token_by_token_sum(ckpt):
     context, choices = tok.encode("Question: min 4 9\nAnswer:"), [tok.encode(c) for c in (" #### 4", " #### 9 . 9")]
     for m in (0, 3):
         ctx = context + [tok.pause_id] * m
-        fast = evaluation.choice_logliks(model, [(ctx, c) for c in choices], 8, _NoBar())
+        fast = evaluation.choice_logliks(model, [(ctx, c) for c in choices], tok.vocab_size, 8, _NoBar())
         for c, got in zip(choices, fast):
             by_hand = 0.0
             for k in range(len(c)):  # one forward per choice token, on the unpadded prefix
-                logits = model(torch.tensor([ctx + c[:k]]))[0][0, -1]
+                logits = model(torch.tensor([ctx + c[:k]]))[0][0, -1, :tok.vocab_size]  # the real tokens only
+                logits[tok.pause_id] = float("-inf")
                 by_hand += F.log_softmax(logits, -1)[c[k]].item()
             assert got == pytest.approx(by_hand, abs=1e-4)
 
@@ -124,6 +134,15 @@ def test_finetune_then_sweep_one_result_per_m_inf(ckpt, task_files, tmp_path):
     assert json.load(open(res_path)) == results
     ecfg.m_inf = [-1]  # the checkpoint's own m_ft
     assert [r["m_inf"] for r in evaluation.main(ecfg)] == [3]
+
+
+def test_finetuning_mfu_uses_the_padded_batch_width(ckpt, task_files, tmp_path, monkeypatch):
+    widths = []
+    monkeypatch.setattr(GPT, "estimate_mfu", lambda self, tok_s, device, seq_len=None: widths.append(seq_len))
+    finetune.main(parse_config(FinetuneConfig, [f"--init_from={ckpt}", "--task=gsm8k", f"--out_dir={tmp_path}/ft",
+                                                f"--task_file={task_files}/train.jsonl", "--max_iters=3",
+                                                "--batch_size=2", "--device=cpu", "--val_frac=0"]))
+    assert len(widths) == 3 and all(w is not None and w < 20 for w in widths)  # short examples, not block_size 64
 
 
 def cli_error(fn, capsys) -> str:

@@ -157,6 +157,15 @@ def test_mfu_is_undefined_on_cpu():
     assert tiny().estimate_mfu(1e4, "cpu") is None
 
 
+def test_mfu_counts_attention_over_the_real_sequence_length(monkeypatch):
+    model = tiny()  # 2 layers, 32 wide, block 32
+    assert model.flops_per_token(10) == 6 * model.num_params() + 12 * 2 * 32 * 10
+    assert model.flops_per_token() == model.flops_per_token(32)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # an H100 without one
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert model.estimate_mfu(1e9, "cuda", seq_len=10) == pytest.approx(1e9 * model.flops_per_token(10) / 989e12)
+
+
 def test_cache_overflow_raises():
     model = tiny()
     cache = model.new_cache(1, 8)

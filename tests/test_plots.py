@@ -57,6 +57,21 @@ def test_minf_curve_baseline_without_own_m_ft_is_the_mean(records, tmp_path):
     assert base["value"] == pytest.approx(sum(value("StdPT_StdFT", m) for m in M_INF[1:]) / 3)
 
 
+def test_error_bars_are_what_the_tables_print_and_say_so(records, tmp_path):
+    plots.minf_curve(records, "gsm8k", "em", str(tmp_path / "one.png"))  # single runs: their standard error
+    data = json.loads((tmp_path / "one.json").read_text())
+    assert data["error_bars"] == "error bars: ± 1 standard error over the test examples"
+    assert data["series"][0]["err"] == [0.02] * len(M_INF)
+    averaged = [{**r, "n_seeds": 5, "std": 0.1, "stderr": 0.1 / 5 ** 0.5} for r in records]  # as study.aggregate
+    plots.minf_curve(averaged, "gsm8k", "em", str(tmp_path / "five.png"))
+    data = json.loads((tmp_path / "five.json").read_text())
+    assert data["error_bars"] == "error bars: ± 1 std over 5 seeds"  # the tables' mean ± std
+    assert data["series"][0]["err"] == [0.1] * len(M_INF) and data["baseline"]["err"] == 0.1
+    plots.variants_bar(averaged, "gsm8k", "em", str(tmp_path / "bar.png"))
+    bar = json.loads((tmp_path / "bar.json").read_text())
+    assert bar["error_bars"] == "error bars: ± 1 std over 5 seeds" and {b["err"] for b in bar["bars"]} == {0.1}
+
+
 def test_variants_bar_takes_each_variant_at_m_inf_equal_m_ft(records, tmp_path):
     plots.variants_bar(records, "gsm8k", "em", str(tmp_path / "bar.png"))
     bars = read_outputs(tmp_path / "bar.png")["bars"]

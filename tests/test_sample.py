@@ -5,7 +5,7 @@ import torch
 
 from common import UserError
 from model import GPT, GPTConfig
-from sample import generate, with_pauses
+from sample import generate, prompt_in_block, with_pauses
 
 VOCAB, PAUSE, EOT = 60, 59, 58  # tokenizer ids; the model's vocab is padded to 64
 
@@ -40,6 +40,14 @@ def test_with_pauses_appends_after_prompt():
         with_pauses([5], -1, PAUSE)
 
 
+def test_prompt_in_block_cuts_the_prefix_from_the_left_and_keeps_pauses_and_answer():
+    # room for the prefix: 12 positions - 3 pauses - 4 answer tokens = 5
+    assert prompt_in_block(list(range(10)), 3, PAUSE, False, 4, 12) == ([5, 6, 7, 8, 9] + [PAUSE] * 3, True)
+    assert prompt_in_block([1, 2], 3, PAUSE, True, 4, 12) == ([PAUSE] * 3 + [1, 2], False)
+    with pytest.raises(UserError, match="no room for the prompt"):
+        prompt_in_block([1], 8, PAUSE, False, 4, 12)
+
+
 def test_kv_cache_equals_full_recomputation(model):
     prompts = [with_pauses([1, 2, 3, 4, 5], 4, PAUSE), with_pauses([7, 8], 4, PAUSE)]
     cached = generate(model, prompts, 20, VOCAB, use_cache=True)
@@ -47,6 +55,13 @@ def test_kv_cache_equals_full_recomputation(model):
     assert cached == recomputed
     assert cached == [greedy_by_hand(model, p, 20) for p in prompts]  # left padding changes nothing
     assert len(set(map(tuple, cached))) > 1
+
+
+def test_each_row_stops_at_its_own_budget(model):
+    prompts = [with_pauses([1, 2, 3, 4, 5], 4, PAUSE), with_pauses([7, 8], 4, PAUSE)]
+    for budgets in ([3, 9], [9, 3]):
+        rows = generate(model, prompts, budgets, VOCAB)
+        assert rows == [greedy_by_hand(model, p, n) for p, n in zip(prompts, budgets)]
 
 
 def test_m_inf_zero_is_plain_decoding(model):

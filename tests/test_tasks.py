@@ -139,64 +139,8 @@ def test_nq_open(tmp_path):
         {"question": "who sings does he love me with reba", "answer": ["Linda Davis"]},
         {"question": "when was the first capitol built", "answer": ["1793", "1800"]}])
     ex = tasks.load_task("nq_open", path)
-    assert ex[0].prefix == "Q: who sings does he love me with reba?\nA:"
+    assert ex[0].prefix == "Answer these questions:\n\nQ: who sings does he love me with reba?\nA:"
     assert (ex[1].target, ex[1].answers) == (" 1793", ["1793", "1800"])
-
-
-# ------------------------------------------------------------------------------------- metrics
-
-def test_normalized_exact_match():
-    assert tasks.exact_match("The Cat!", ["cat"]) == 1.0
-    assert tasks.exact_match("a cats", ["cat"]) == 0.0
-
-
-def test_f1_partial_overlap():
-    # tokens after normalisation: [big, cat, sat] vs [cat, sat, down]: p = r = 2/3
-    assert tasks.f1("The big cat sat.", ["a cat sat down"]) == pytest.approx(2 / 3)
-
-
-def test_f1_takes_best_answer():
-    # "cat" vs "black cat": p = 1, r = 1/2 -> 2/3
-    assert tasks.f1("cat", ["dog", "black cat"]) == pytest.approx(2 / 3)
-
-
-@pytest.mark.parametrize("text,number", [
-    ("so 3 + 4 = 7\n#### 1,234", "1234"), ("#### -5", "-5"), ("#### 3.5", "3.5"), ("####72.", "72"),
-    ("the answer is 7", None)])
-def test_gsm8k_number(text, number):
-    assert tasks.gsm8k_number(text) == number
-
-
-def test_stderr():
-    assert tasks.stderr(0.5, 101) == pytest.approx(0.05)
-    assert tasks.stderr(1.0, 1) == 0.0
-
-
-def test_gsm8k_generation_cut_at_stop_strings():
-    ex = tasks.Example("Question: q\nAnswer:", " #### 7", ["7"])
-    assert tasks.score_decode("gsm8k", " 3+4=7\n#### 7\n\nQuestion: next\n#### 8", ex) == {"em": 1.0}
-    assert tasks.score_decode("gsm8k", " 3+4=7\n\n#### 7", ex) == {"em": 0.0}
-
-
-def test_squad_generation_scored_on_first_line():
-    ex = tasks.Example("...", " Denver Broncos", ["Denver Broncos"])
-    assert tasks.score_decode("squad", " the Denver Broncos.\nQuestion: who", ex) == {"em": 1.0, "f1": 1.0}
-
-
-def test_lambada_generation_is_one_word():
-    ex = tasks.Example("he handed her the old brass", " key", ["key"])
-    assert tasks.score_decode("lambada", " key and left", ex) == {"em": 1.0}
-
-
-def test_commonsenseqa_accepts_bare_label():
-    ex = tasks.Example("...", " library", ["library", "B"])
-    assert tasks.score_decode("commonsenseqa", " B.\n", ex) == {"em": 1.0}
-    assert tasks.score_decode("commonsenseqa", " A", ex) == {"em": 0.0}
-
-
-def test_acc_norm_divides_by_choice_length():
-    ex = tasks.Example("ctx", " a", [], [" a", " much longer"], 1)
-    assert tasks.score_choices(ex, [-2.0, -6.0]) == {"acc": 0.0, "acc_norm": 1.0}
 
 
 # -------------------------------------------------------------------------------------- errors

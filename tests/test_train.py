@@ -173,3 +173,13 @@ def test_checkpoint_loads_with_weights_only_and_holds_everything(data_dir, tmp_p
     assert first["config"] == meta["config"]  # the log starts with the full config
     evals = [r for r in map(json.loads, open(tmp_path / "log.jsonl")) if "val_loss" in r]
     assert evals and all("val_loss_pause" in r for r in evals)
+
+
+def test_resume_a_checkpoint_written_before_a_config_field_existed(data_dir, tmp_path):
+    args = [f"--data_dir={data_dir}", f"--out_dir={tmp_path}", *TINY, "--eval_interval=100"]
+    train.main(parse_config(TrainConfig, args + ["--max_iters=2"]))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    del ckpt["meta"]["model"]["mlp_hidden"]  # as written before GPTConfig had it: the default is meant
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    train.main(parse_config(TrainConfig, args + ["--max_iters=3", "--resume"]))
+    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["meta"]["step"] == 3
