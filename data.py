@@ -2,6 +2,7 @@
 
     python data.py download --n_train=1 --n_val=1 --out_dir=data/c4_raw
     python data.py prepare --input='data/c4_raw/c4-train.*' --val_input='data/c4_raw/c4-validation.*'
+    python data.py verify --data_dir=data/c4
     python data.py show --data_dir=data/c4 --pause_frac=0.1
     python data.py inject --data_dir=data/c4 --out_dir=data/c4_pause --pause_frac=0.1
 
@@ -21,19 +22,16 @@ import torch
 from tqdm import tqdm
 
 import tokenizer as tokmod
-from common import UserError, config_help, opt, parse_config, run_main
-from prepare import PrepareConfig, load_meta, prepare, write_json  # noqa: F401 (data.prepare is the public name)
+from common import (UserError, at_least, atomic_open, config_help, ensure_writable_dir, file_sha256, fraction, opt,
+                    parse_config, run_main, write_json)
+# the prepare step lives in prepare.py; data.prepare and data.PrepareConfig remain its public names
+from prepare import PrepareConfig, VerifyConfig, check_shards, load_meta, prepare, verify
 
 
 # -------------------- download
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def download_file(url: str, dest: str, sha256: str | None = None, desc: str | None = None) -> str:
     """Download url to dest, resuming a partial dest.part; check sha256 if given. Skips a good existing dest."""
-    if os.path.exists(dest) and (sha256 is None or _sha256(dest) == sha256):
+    if os.path.exists(dest) and (sha256 is None or file_sha256(dest) == sha256):
         return dest
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
@@ -57,7 +55,7 @@ def download_file(url: str, dest: str, sha256: str | None = None, desc: str | No
         raise UserError(f"download of {url} failed ({e}); run the command again to resume") from None
     if total is not None and os.path.getsize(part) != total:
         raise UserError(f"download of {url} stopped at {os.path.getsize(part)} of {total} bytes; run again to resume")
-    if sha256 is not None and (digest := _sha256(part)) != sha256:
+    if sha256 is not None and (digest := file_sha256(part)) != sha256:
         os.remove(part)
         raise UserError(f"download of {url} has sha256 {digest[:12]}…, expected {sha256[:12]}…; deleted it")
     os.replace(part, dest)
@@ -83,6 +81,7 @@ def download(cfg: DownloadConfig) -> None:
         raise UserError("C4 has train shards 0..1023 and validation shards 0..7; check --start, --n_train, --n_val")
     names = [f"c4-train.{i:05d}-of-01024.json.gz" for i in range(cfg.start, cfg.start + cfg.n_train)]
     names += [f"c4-validation.{i:05d}-of-00008.json.gz" for i in range(cfg.n_val)]
+    ensure_writable_dir(cfg.out_dir)
     for name in names:
         download_file(f"{cfg.base_url.rstrip('/')}/{name}", os.path.join(cfg.out_dir, name))
     print(f"{len(names)} C4 shard(s) in {cfg.out_dir}; next: python data.py prepare "
@@ -113,9 +112,6 @@ def _open_shards(data_dir: str, meta: dict, split: str, min_len: int) -> list[np
         hint = " (--val_input, or a larger --val_frac)" if split == "val" else ""
         raise UserError(f"{data_dir} has no {split} shard of block_size+1 = {min_len} tokens or more; "
                         f"prepare more data{hint} or lower block_size")
-    for p in paths:
-        if not os.path.isfile(p):
-            raise UserError(f"{p} is listed in meta.json but missing; run data.py prepare again")
     return [np.memmap(p, dtype=np.uint16, mode="r") for p in paths]
 
 
@@ -124,6 +120,7 @@ class PretrainData:
 
     def __init__(self, data_dir: str, block_size: int, batch_size: int, pause_frac: float = 0.0, seed: int = 0):
         self.meta = load_meta(data_dir)
+        check_shards(data_dir, self.meta)  # sizes only: `data.py verify` reads the sha256 of every shard
         self.vocab_size, self.pause_id, self.eot_id = (self.meta[k] for k in ("vocab_size", "pause_id", "eot_id"))
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.n_pause = round(pause_frac * block_size)
@@ -167,13 +164,19 @@ class InjectConfig:
     pause_frac: float = opt(0.1, "pauses per window as a fraction of block_size")
     seed: int = opt(0, "random seed of the pause positions")
 
+    def validate(self) -> None:
+        at_least(self, 1, "block_size")
+        fraction(self, "pause_frac")
+
 
 def inject(cfg: InjectConfig) -> None:
-    """Write pause-injected shards and their meta.json to cfg.out_dir."""
+    """Write pause-injected shards and their meta.json (with each shard's sha256) to cfg.out_dir."""
+    cfg.validate()
     meta = load_meta(cfg.data_dir)
+    check_shards(cfg.data_dir, meta)
     if os.path.realpath(cfg.out_dir) == os.path.realpath(cfg.data_dir):
         raise UserError("--out_dir must differ from --data_dir (inject writes copies)")
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    ensure_writable_dir(cfg.out_dir)
     n_pause, B = round(cfg.pause_frac * cfg.block_size), cfg.block_size
     shards = {}
     for s_idx, (split, entries) in enumerate(meta["shards"].items()):
@@ -184,12 +187,13 @@ def inject(cfg: InjectConfig) -> None:
                 continue
             windows = np.memmap(os.path.join(cfg.data_dir, s["file"]), dtype=np.uint16, mode="r")[:n_win * B]
             windows = windows.reshape(n_win, B)
-            rng, path = np.random.default_rng((cfg.seed, s_idx, k)), os.path.join(cfg.out_dir, s["file"])
-            with open(path + ".tmp", "wb") as f:
+            rng, digest = np.random.default_rng((cfg.seed, s_idx, k)), hashlib.sha256()
+            with atomic_open(os.path.join(cfg.out_dir, s["file"])) as f:
                 for i in range(0, n_win, 4096):  # in chunks, to bound memory on 300M-token shards
-                    f.write(inject_pauses(windows[i:i + 4096], n_pause, meta["pause_id"], rng).tobytes())
-            os.replace(path + ".tmp", path)
-            shards[split].append({**s, "tokens": n_win * B})
+                    chunk = inject_pauses(windows[i:i + 4096], n_pause, meta["pause_id"], rng).tobytes()
+                    f.write(chunk)
+                    digest.update(chunk)
+            shards[split].append({**s, "tokens": n_win * B, "sha256": digest.hexdigest()})
     write_json(os.path.join(cfg.out_dir, "meta.json"), {**meta, "shards": shards, "pause_frac": cfg.pause_frac,
                 "block_size": B, "injected_from": os.path.abspath(cfg.data_dir)})
     print(f"inject: {sum(map(len, shards.values()))} shard(s), {n_pause} pauses per {B} tokens, in {cfg.out_dir}")
@@ -215,13 +219,13 @@ def show(cfg: ShowConfig) -> None:
 
 
 # -------------------- command line
-COMMANDS = {"prepare": (PrepareConfig, prepare), "download": (DownloadConfig, download),
-            "inject": (InjectConfig, inject), "show": (ShowConfig, show)}
+COMMANDS = {"prepare": (PrepareConfig, prepare), "verify": (VerifyConfig, verify),
+            "download": (DownloadConfig, download), "inject": (InjectConfig, inject), "show": (ShowConfig, show)}
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] in (["-h"], ["--help"]):
-        print("usage: python data.py {prepare,download,inject,show} [--key=value ...]\n\ncommands:")
+        print(f"usage: python data.py {{{','.join(COMMANDS)}}} [--key=value ...]\n\ncommands:")
         print("\n".join(f"  {name:9} {cls.__doc__.strip()}" for name, (cls, _) in COMMANDS.items()))
         for name, (cls, _) in COMMANDS.items():
             print("\n" + config_help(cls, f"data.py {name}"))

@@ -1,18 +1,30 @@
 """Prepare: documents (C4 .json.gz, .jsonl, .json, .txt) -> flat uint16 token shards + meta.json.
 
     python data.py prepare --input='data/c4_raw/c4-train.*' --val_input='data/c4_raw/c4-validation.*'
+    python data.py verify --data_dir=data/c4
 
-One worker process per input file; data.py's loader reads what this writes.
+One worker process per input file. A shard is done only once it is complete and checked: its worker
+hashes the tokens as it writes them into a temp file of its own, reads the file back, and only then
+renames it; meta.json then lists the shard with its token count and sha256, which the loader (size)
+and `data.py verify` (size and sha256) check. A run holds a lock on out_dir that its workers inherit,
+and the workers die with it, so no two runs (or a run and the orphans of a killed one) ever write
+into the same out_dir.
 """
+import ctypes
 import dataclasses
+import fcntl
 import glob
 import gzip
+import hashlib
 import itertools
 import json
 import os
+import signal
+import sys
 import time
 import zlib
 from collections import Counter
+from contextlib import ExitStack
 from multiprocessing import Pool
 from typing import Iterator
 
@@ -20,8 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tokenizer as tokmod
-from common import UserError, opt
-
+from common import UserError, at_least, atomic_open, ensure_writable_dir, file_sha256, fraction, opt, write_json
 
 # -------------------- documents
 SUFFIXES = (".json.gz", ".jsonl", ".json", ".txt")
@@ -56,14 +67,12 @@ def _document(raw: bytes, is_json: bool) -> tuple[str | None, str | None]:
 def read_documents(path: str, bad: Counter) -> Iterator[str]:
     """Document texts of one file; bad lines are counted in `bad` by reason and skipped.
 
-    .json.gz (C4), .jsonl, .json: one JSON object with a "text" string per line (blank lines are
-    skipped); .txt: the whole file is one document.
+    .json.gz (C4), .jsonl, .json: one JSON object with a "text" string per line (a blank line is
+    skipped and counted too); .txt: the whole file is one document.
     """
     is_json = not path.endswith(".txt")
     for raw in (_lines(path) if is_json else [b"".join(_lines(path))]):
-        if is_json and not raw.strip():
-            continue
-        text, reason = _document(raw, is_json)
+        text, reason = _document(raw, is_json) if raw.strip() or not is_json else (None, "blank line")
         if reason:
             bad[reason] += 1
         else:
@@ -98,13 +107,48 @@ class PrepareConfig:
     val_frac: float = opt(0.005, "fraction of documents held out for validation when val_input is empty")
     workers: int = opt(os.cpu_count() or 1, "worker processes (one input file each at a time)")
 
+    def validate(self) -> None:
+        fraction(self, "val_frac")
+        at_least(self, 1, "workers")
+
+
+LOCK_WAIT_S = 5.0  # a killed run's workers take a moment to die (and release the lock they inherited)
+
+
+def lock_out_dir(out_dir: str):
+    """Hold out_dir/.prepare.lock for this run (an open file; closing it releases the lock). Workers
+    forked from this process inherit it, so an orphaned worker still holds it while it lives."""
+    f = open(os.path.join(out_dir, ".prepare.lock"), "a+")
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                f.close()
+                raise UserError(f"{out_dir} is being written by another data.py prepare (started by pid {holder}) or "
+                                "by its orphaned workers; wait for it to end or kill it, then run again") from None
+            time.sleep(0.1)
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
 
 _TOK = None  # the tokenizer of a worker process
 
 
-def _init_worker(tok_meta: dict, bpe_file: str | None) -> None:
+def _init_worker(parent: int, tok_meta: dict | None, bpe_file: str | None) -> None:
     global _TOK
-    _TOK = tokmod.from_meta(tok_meta, bpe_file)
+    if sys.platform.startswith("linux"):  # die with the main process, even if it gets SIGKILL: no orphan writes on
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the main process died before prctl
+        os._exit(1)
+    if tok_meta:
+        _TOK = tokmod.from_meta(tok_meta, bpe_file)
 
 
 def _symbols_job(job: tuple[str, str]) -> list[str]:
@@ -113,57 +157,68 @@ def _symbols_job(job: tuple[str, str]) -> list[str]:
 
 
 def _tokenize_job(job: tuple[str, list[str], float]) -> dict:
-    """Worker: one input file -> outs[0] (and outs[1] for the held-out fraction frac), via temp files."""
+    """Worker: one input file -> outs[0] (and outs[1] for the held-out fraction frac), each written
+    whole through a temp file of its own and read back against the hash of what was written."""
     src, outs, frac = job
-    bad, n_docs, n_tokens = Counter(), 0, [0] * len(outs)
-    files = [open(p + ".tmp", "wb") for p in outs]
+    bad, n_docs, n_tokens, digests = Counter(), 0, [0] * len(outs), [hashlib.sha256() for _ in outs]
     try:
-        docs = read_documents(src, bad)
-        while batch := list(itertools.islice(docs, 1000)):
-            # document i is held out (dest 1) when i*frac crosses an integer: every (1/frac)-th one, evenly spread
-            dest = [int(int((i + 1) * frac) > int(i * frac)) for i in range(n_docs, n_docs + len(batch))]
-            n_docs += len(batch)
-            ids = _TOK.encode_batch(batch)
-            for d, f in enumerate(files):
-                a = np.fromiter(itertools.chain.from_iterable(t + [_TOK.eot_id] for t, k in zip(ids, dest) if k == d),
-                                dtype=np.uint16)
-                n_tokens[d] += f.write(a.tobytes()) // 2
+        with ExitStack() as stack:
+            files = [stack.enter_context(atomic_open(p)) for p in outs]
+            docs = read_documents(src, bad)
+            while batch := list(itertools.islice(docs, 1000)):
+                # document i is held out (dest 1) when i*frac crosses an integer: every (1/frac)-th one, evenly spread
+                dest = [int(int((i + 1) * frac) > int(i * frac)) for i in range(n_docs, n_docs + len(batch))]
+                n_docs += len(batch)
+                ids = _TOK.encode_batch(batch)
+                for d, f in enumerate(files):
+                    a = np.fromiter(itertools.chain.from_iterable(t + [_TOK.eot_id] for t, k in zip(ids, dest)
+                                                                  if k == d), dtype=np.uint16).tobytes()
+                    try:
+                        f.write(a)
+                    except OSError as e:  # name the file here: atomic_open cannot tell which of two failed
+                        raise UserError(f"cannot write {outs[d]}: {e.strerror}") from None
+                    digests[d].update(a)
+                    n_tokens[d] += len(a) // 2
+            for f, h in zip(files, digests):
+                f.flush()
+                if file_sha256(f.name) != h.hexdigest():
+                    raise UserError(f"{f.name} changed on disk while {src} was tokenized into it")
     except UserError as e:
         return {"error": str(e)}
-    finally:
-        for f in files:
-            f.close()
-    for p in outs:
-        os.replace(p + ".tmp", p)
-    return {"docs": n_docs, "tokens": sum(n_tokens), "bad": bad}
+    shards = [{"file": os.path.basename(p), "tokens": n, "sha256": h.hexdigest(), "source": src}
+              for p, n, h in zip(outs, n_tokens, digests)]
+    return {"source": src, "docs": n_docs, "tokens": sum(n_tokens), "bad": dict(bad), "shards": shards}
 
 
-def _parallel(fn, jobs: list, workers: int, desc: str, initargs: tuple | None = None) -> list:
-    """fn over jobs in worker processes, with a progress bar over files."""
-    with Pool(max(1, min(workers, len(jobs))), _init_worker if initargs else None, initargs or ()) as pool:
-        return list(tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc, unit="file"))
-
-
-def write_json(path: str, obj: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
+def _parallel(fn, jobs: list, workers: int, desc: str, initargs: tuple = (None, None)) -> Iterator:
+    """fn over jobs in worker processes, results as they come, with a progress bar over files."""
+    with Pool(max(1, min(workers, len(jobs))), _init_worker, (os.getpid(), *initargs)) as pool:
+        yield from tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc, unit="file")
 
 
 def prepare(cfg: PrepareConfig) -> dict:
     """Tokenize cfg.input (and cfg.val_input) into cfg.out_dir; resumable. Returns the meta written."""
+    cfg.validate()
     train, val = _expand(cfg.input), _expand(cfg.val_input)
     if not train:
         raise UserError("no --input given; e.g. --input='data/c4_raw/c4-train.*'")
-    if not 0 <= cfg.val_frac < 1:
-        raise UserError(f"--val_frac must be in [0, 1), got {cfg.val_frac}")
+    ensure_writable_dir(cfg.out_dir)
+    lock = lock_out_dir(cfg.out_dir)
+    try:
+        return _prepare(cfg, train, val)
+    finally:
+        lock.close()
+
+
+def _prepare(cfg: PrepareConfig, train: list[str], val: list[str]) -> dict:
     held_out = cfg.val_frac > 0 and not val
     run = {"tokenizer": cfg.tokenizer, "val_frac": cfg.val_frac if held_out else 0, "input": train, "val_input": val}
-    os.makedirs(cfg.out_dir, exist_ok=True)
     meta_path = os.path.join(cfg.out_dir, "meta.json")
     old = load_meta(cfg.out_dir) if os.path.exists(meta_path) else None
     if old and old.get("prepare") != run:
         raise UserError(f"{cfg.out_dir} was prepared from other inputs or settings; use a new --out_dir or delete it")
+    for stale in glob.glob(os.path.join(cfg.out_dir, "*.bin*.tmp")) + glob.glob(meta_path + "*.tmp"):
+        os.remove(stale)  # a killed run's: nobody writes it any more, since we hold the lock
     bpe_file = cfg.bpe_file or None
     if old:  # a resumed run reuses the vocabulary it started with
         tok = tokmod.from_meta(old["tokenizer"], bpe_file)
@@ -176,31 +231,40 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise UserError(f"{tok.vocab_size} {cfg.tokenizer} ids do not fit uint16 shards; use gpt2 or char")
     meta = {"tokenizer": tok.meta(), "vocab_size": tok.vocab_size, "pause_id": tok.pause_id, "eot_id": tok.eot_id,
             "dtype": "uint16", "prepare": run, "shards": {"train": [], "val": []}, "bad_lines": {}}
-    write_json(meta_path, meta)  # before tokenizing, so that a resumed run finds the same vocabulary
 
     out = lambda split, i: os.path.join(cfg.out_dir, f"{split}_{i:05d}.bin")  # noqa: E731
     jobs = [(p, [out("train", i), out("val", i)] if held_out else [out("train", i)], cfg.val_frac * held_out)
             for i, p in enumerate(train)]
     jobs += [(p, [out("val", i)], 0.0) for i, p in enumerate(val)]
-    todo = [j for j in jobs if not all(os.path.exists(p) for p in j[1])]
-    t0 = time.time()
-    results = _parallel(_tokenize_job, todo, cfg.workers, "prepare", (tok.meta(), bpe_file)) if todo else []
+    done = _finished_shards(cfg.out_dir, old) if old else {}  # file name -> its meta.json entry
+    bad_lines = {src: c for src, c in old.get("bad_lines", {}).items() if isinstance(c, dict)} if old else {}
+    finished = lambda outs: all(os.path.basename(p) in done for p in outs)  # noqa: E731
+
+    def record() -> None:  # meta.json lists a shard once it is complete and checked, and each file's bad lines
+        meta["shards"] = {"train": [], "val": []}
+        for _, outs, _ in jobs:
+            for p in outs if finished(outs) else []:
+                meta["shards"][os.path.basename(p).split("_")[0]].append(done[os.path.basename(p)])
+        meta["bad_lines"] = {src: bad_lines[src] for src, outs, _ in jobs if finished(outs) and bad_lines.get(src)}
+        write_json(meta_path, meta)
+
+    record()  # before tokenizing, so that a resumed run finds the same vocabulary
+    todo = [j for j in jobs if not finished(j[1])]
+    t0, docs, tokens, errors = time.time(), 0, 0, []
+    for r in _parallel(_tokenize_job, todo, cfg.workers, "prepare", (tok.meta(), bpe_file)) if todo else []:
+        if "error" in r:
+            errors.append(r["error"])
+            continue
+        done.update({s["file"]: s for s in r["shards"]})
+        bad_lines[r["source"]] = r["bad"]
+        docs, tokens = docs + r["docs"], tokens + r["tokens"]
+        record()
     dt = time.time() - t0
 
-    bad = sum((r["bad"] for r in results if "bad" in r), Counter())
-    errors = [r["error"] for r in results if "error" in r]
-    for src, outs, _ in jobs:
-        if all(os.path.exists(p) for p in outs):
-            for p in outs:
-                split = os.path.basename(p).split("_")[0]
-                meta["shards"][split].append({"file": os.path.basename(p), "tokens": os.path.getsize(p) // 2,
-                                              "source": src})
-    meta["bad_lines"] = dict(bad)
-    write_json(meta_path, meta)
-    docs, tokens = sum(r.get("docs", 0) for r in results), sum(r.get("tokens", 0) for r in results)
+    bad = sum(map(Counter, meta["bad_lines"].values()), Counter())
     print(f"prepare: {len(todo)} file(s) tokenized ({len(jobs) - len(todo)} already done): {docs:,} documents, "
           f"{tokens:,} tokens, {tokens / max(dt, 1e-9):,.0f} tokens/s; bad lines: "
-          + (", ".join(f"{k} {v}" for k, v in sorted(bad.items())) or "none"))
+          + (", ".join(f"{k} {v}" for k, v in sorted(bad.items())) + " (per file in meta.json)" if bad else "none"))
     print(f"shards: train {sum(s['tokens'] for s in meta['shards']['train']):,} tokens, "
           f"val {sum(s['tokens'] for s in meta['shards']['val']):,} tokens, in {cfg.out_dir}")
     if errors:
@@ -208,6 +272,19 @@ def prepare(cfg: PrepareConfig) -> dict:
     return meta
 
 
+def _finished_shards(out_dir: str, old: dict) -> dict:
+    """The shards of an earlier run that meta.json lists with a checksum and that still have their size."""
+    done = {}
+    for entry in old["shards"]["train"] + old["shards"]["val"]:
+        problem = shard_problem(out_dir, entry) or ("" if "sha256" in entry else "has no checksum in meta.json")
+        if problem:
+            print(f"prepare: {entry['file']} {problem}: tokenizing its input again")
+        else:
+            done[entry["file"]] = entry
+    return done
+
+
+# -------------------- meta.json, and checking shards against it
 def load_meta(data_dir: str) -> dict:
     """The meta.json of a prepared data directory."""
     path = os.path.join(data_dir, "meta.json")
@@ -218,3 +295,44 @@ def load_meta(data_dir: str) -> dict:
     if meta.get("dtype") != "uint16":
         raise UserError(f"{path}: shards must be uint16, not {meta.get('dtype')}")
     return meta
+
+
+def shard_problem(data_dir: str, entry: dict, checksum: bool = False) -> str | None:
+    """What is wrong with a shard that meta.json lists (missing, other size, other sha256), or None."""
+    path = os.path.join(data_dir, entry["file"])
+    if not os.path.isfile(path):
+        return "is missing"
+    if (size := os.path.getsize(path)) != 2 * entry["tokens"]:
+        return f"has {size} bytes where meta.json records {entry['tokens']} tokens ({2 * entry['tokens']} bytes)"
+    if checksum and "sha256" in entry and file_sha256(path) != entry["sha256"]:
+        return "does not match the sha256 that meta.json records"
+    return None
+
+
+def check_shards(data_dir: str, meta: dict) -> None:
+    """The cheap check, before reading: every listed shard exists and has the size meta.json records."""
+    for entry in meta["shards"]["train"] + meta["shards"]["val"]:
+        if problem := shard_problem(data_dir, entry):
+            raise UserError(f"shard {os.path.join(data_dir, entry['file'])} {problem}; check all with `python data.py "
+                            f"verify --data_dir={data_dir}` and run data.py prepare again")
+
+
+@dataclasses.dataclass
+class VerifyConfig:
+    """Check every shard of a prepared data_dir against the size and sha256 that its meta.json records."""
+    data_dir: str = opt("data/c4", "prepared data directory (from data.py prepare or data.py inject)")
+
+
+def verify(cfg: VerifyConfig) -> None:
+    """Read every shard and compare it with meta.json; a UserError names each one that does not match."""
+    meta = load_meta(cfg.data_dir)
+    entries = meta["shards"]["train"] + meta["shards"]["val"]
+    bad = [f"{e['file']} {problem}" for e in tqdm(entries, desc="verify", unit="shard")
+           if (problem := shard_problem(cfg.data_dir, e, checksum=True))]
+    unchecked = sum("sha256" not in e for e in entries)
+    if bad:
+        raise UserError(f"{len(bad)} of {len(entries)} shard(s) in {cfg.data_dir} do not match meta.json: "
+                        + "; ".join(bad) + ". Delete them and run data.py prepare again (same options)")
+    print(f"verify: all {len(entries)} shard(s) in {cfg.data_dir} match meta.json (size"
+          + (f"; {unchecked} without a recorded sha256, from an older data.py: size only)" if unchecked else
+             " and sha256)"))

@@ -79,9 +79,12 @@ def test_prepare_meta_describes_the_tokenizer_and_shards(prepared):
     assert all(e["tokens"] == len(shard(out_dir, e["file"])) for e in meta["shards"]["train"])
 
 
-def test_prepare_counts_and_skips_bad_lines(prepared):
-    assert prepared[2]["bad_lines"] == {"invalid json": 1, "not an object": 1, "missing text": 1,
-                                        "text not a string": 1, "empty text": 1, "invalid utf-8": 1}
+def test_prepare_counts_and_skips_bad_lines_per_file_and_reason(prepared):
+    _, docs, meta = prepared
+    files = list(docs)  # write_c4 puts one blank line into every file, and BAD_LINES into the second
+    assert meta["bad_lines"] == {**{f: {"blank line": 1} for f in files},
+                                 files[1]: {"invalid json": 1, "not an object": 1, "missing text": 1, "blank line": 1,
+                                            "text not a string": 1, "empty text": 1, "invalid utf-8": 1}}
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncated"])
