@@ -5,8 +5,6 @@
 Decode tasks: greedy decoding with the KV cache after [prompt, <pause> x M_inf] -> EM (and F1).
 Scored tasks: log-likelihood of each choice after [context, <pause> x M_inf] -> acc, acc_norm.
 """
-import json
-import os
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import tasks
-from common import UserError, opt, parse_config, run_main, setup_runtime
+from common import UserError, ensure_writable_file, opt, parse_config, run_main, setup_runtime, write_json
 from finetune import pause_id_for, pretrain_pause_frac
 from sample import generate, load_model, with_pauses
 
@@ -122,6 +120,8 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
 def main(cfg: EvalConfig) -> list[dict]:
     if cfg.task not in tasks.TASKS:
         raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
+    if cfg.out:
+        ensure_writable_file(cfg.out)  # now, not after the whole evaluation
     rt = setup_runtime(cfg.device, cfg.dtype)
     model, tok, meta = load_model(cfg.ckpt, rt.device, cfg.bpe_file or None)
     examples = tasks.load_task(cfg.task, cfg.task_file or tasks.default_path(cfg.task, "eval"))
@@ -137,10 +137,7 @@ def main(cfg: EvalConfig) -> list[dict]:
         print(f"{r['task']} {r['variant']} m_ft={r['m_ft']} m_inf={r['m_inf']:>3} {r['metric']}="
               f"{r['value']:.4f} ± {r['stderr']:.4f} (n={r['n']})")
     if cfg.out:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-        with open(cfg.out + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(cfg.out + ".tmp", cfg.out)
+        write_json(cfg.out, results)
     return results
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 import tasks
-from common import UserError, load_checkpoint, opt, parse_config, run_main, setup_runtime, teardown
+from common import (UserError, ensure_writable_dir, load_checkpoint, opt, parse_config, run_main, setup_runtime,
+                    teardown)
 from model import GPTConfig
 from sample import load_model, with_pauses
 from train import LoopConfig, fit, start
@@ -117,6 +118,8 @@ def finetune_eval(model, data: FinetuneData, cfg: FinetuneConfig, rt) -> dict:
 
 
 def main(cfg: FinetuneConfig) -> None:
+    cfg.validate()
+    ensure_writable_dir(cfg.out_dir)  # before the model and the task are loaded
     if cfg.m_ft < 0:
         raise UserError(f"--m_ft must be >= 0, got {cfg.m_ft}")
     if cfg.task not in tasks.TASKS:

@@ -24,7 +24,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from common import UserError, opt, parse_config, run_main
+from common import UserError, ensure_writable_dir, opt, parse_config, run_main
 
 KINDS = ("gap", "min", "max", "sort")
 LAYOUTS = ("lambada", "gsm8k")
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SynthConfig, argv, prog="synth.py")
     if len(cfg.corpus_n) != 2:
         raise UserError(f"--corpus_n expects two numbers, e.g. --corpus_n=4,12; got {cfg.corpus_n}")
+    ensure_writable_dir(cfg.out_dir)
     t0 = time.time()
     task = write_task(cfg.out_dir, cfg.n, cfg.lo, cfg.hi, cfg.n_train, cfg.n_test, cfg.seed, cfg.test_seed,
                       cfg.layout)

@@ -3,6 +3,7 @@ that never keeps poisoned weights, disk errors and bad options as one line and e
 import errno
 import gzip
 import json
+import math
 import os
 import random
 import signal
@@ -12,11 +13,14 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 import common
 import data
 import prepare
+import train
 from common import UserError, run_main
+from model import GPT, GPTConfig
 from tokenizer import CharTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,3 +217,229 @@ def test_bad_lines_are_counted_per_file_and_reason_and_survive_a_resume(corpus, 
     os.remove(out / "train_00001.bin")  # a resume tokenizes only the second file again
     assert prep(corpus, out)["bad_lines"] == expect
     assert data.load_meta(str(out))["bad_lines"] == expect
+
+# ----------------------------------------------------------------------------- 2. the NaN guard
+
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=32", "--batch_size=4", "--device=cpu",
+        "--learning_rate=3e-3", "--warmup_iters=2", "--eval_iters=2", "--log_interval=1", "--eval_interval=100"]
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    """A small char-level corpus, prepared."""
+    d = tmp_path_factory.mktemp("chars")
+    write_corpus(d / "c4-train.00000-of-01024.json.gz", 300, seed=0)
+    data.prepare(data.PrepareConfig(input=[str(d / "c4-train.00000-of-01024.json.gz")], out_dir=str(d / "out"),
+                                    tokenizer="char", val_frac=0.1, workers=1))
+    return str(d / "out")
+
+
+def train_cfg(char_data, out_dir, *extra):
+    return common.parse_config(train.TrainConfig, [f"--data_dir={char_data}", f"--out_dir={out_dir}", *TINY, *extra])
+
+
+@pytest.fixture
+def saved(monkeypatch) -> list:
+    """(step, names of non-finite tensors) of every checkpoint train.py writes."""
+    writes, real = [], train.save_checkpoint
+
+    def recording(path, model, optimizer, meta):
+        writes.append((meta["step"], common.nonfinite_tensors(model)))
+        real(path, model, optimizer, meta)
+
+    monkeypatch.setattr(train, "save_checkpoint", recording)
+    return writes
+
+
+def loss_of_checkpoint(path: str, char_data: str) -> float:
+    """The training loss of a checkpoint's weights on the batch of its own step: what --resume computes first."""
+    ckpt = common.load_checkpoint(path)
+    model = GPT(GPTConfig(**ckpt["meta"]["model"]))
+    model.load_state_dict(ckpt["model"])
+    batches = data.PretrainData(char_data, 32, 4, 0.0, seed=ckpt["meta"]["config"]["seed"])
+    with torch.no_grad():
+        return model(*batches.batch(ckpt["meta"]["step"]))[1].item()
+
+
+def test_a_diverging_run_keeps_a_checkpoint_that_is_finite_and_gives_a_finite_loss(char_data, tmp_path, saved):
+    # lr 100 diverges after a few steps; a checkpoint every step would catch the first poisoned weights
+    cfg = train_cfg(char_data, tmp_path, "--learning_rate=100", "--warmup_iters=30", "--max_iters=40",
+                    "--ckpt_interval=1")
+    with pytest.raises(UserError, match=r"is (nan|inf) at step (\d+): stopped; the last good checkpoint") as e:
+        train.main(cfg)
+    stopped_at = int(e.value.args[0].split(" at step ")[1].split(":")[0])
+    assert saved and all(not bad for _, bad in saved)  # no checkpoint ever held an inf or NaN
+    ckpt = str(tmp_path / "ckpt.pt")
+    assert common.load_checkpoint(ckpt)["meta"]["step"] == stopped_at - 1
+    assert math.isfinite(loss_of_checkpoint(ckpt, char_data))
+
+
+class InfiniteGradient(torch.autograd.Function):
+    """The identity forward; an infinite gradient backward: a finite loss whose gradient norm is not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+def infinite_gradient_at(monkeypatch, steps: set[int]) -> None:
+    """Training forward passes number 0, 1, 2... (one per step here) give an infinite gradient at `steps`."""
+    forward, calls = train.GPT.forward, []
+
+    def patched(self, idx, targets=None, **kw):
+        logits, loss = forward(self, idx, targets, **kw)
+        if targets is not None and self.training:
+            calls.append(1)
+            if len(calls) - 1 in steps:
+                loss = InfiniteGradient.apply(loss)
+        return logits, loss
+
+    monkeypatch.setattr(train.GPT, "forward", patched)
+
+
+def test_an_infinite_gradient_stops_the_run_before_it_reaches_the_weights(char_data, tmp_path, monkeypatch, saved):
+    infinite_gradient_at(monkeypatch, {3})
+    with pytest.raises(UserError, match=r"gradient norm is (nan|inf) at step 3: stopped; the last good checkpoint "
+                                        r".* \(step 2\) is kept"):
+        train.main(train_cfg(char_data, tmp_path, "--max_iters=8", "--ckpt_interval=2"))
+    assert saved == [(2, [])]
+    assert math.isfinite(loss_of_checkpoint(str(tmp_path / "ckpt.pt"), char_data))
+
+
+def test_skip_drops_the_update_logs_it_and_stops_after_max_skips_in_a_row(char_data, tmp_path, monkeypatch, saved):
+    infinite_gradient_at(monkeypatch, {3, 4})
+    train.main(train_cfg(char_data, tmp_path / "skip", "--max_iters=8", "--ckpt_interval=2", "--on_nonfinite=skip"))
+    records = [json.loads(line) for line in open(tmp_path / "skip" / "log.jsonl")]
+    skipped = [(r["step"], r["skipped_steps"]) for r in records if r.get("skipped")]
+    assert skipped == [(3, 1), (4, 2)]
+    assert sorted(r["step"] for r in records if "loss" in r) == list(range(8))
+    assert [s for s, _ in saved] == [2, 6, 8] and all(not bad for _, bad in saved)  # step 4 was skipped: no save
+
+    infinite_gradient_at(monkeypatch, set(range(3, 100)))
+    with pytest.raises(UserError, match=r"at step 5 \(3 non-finite steps in a row\): stopped"):
+        train.main(train_cfg(char_data, tmp_path / "stop", "--max_iters=8", "--on_nonfinite=skip", "--max_skips=3"))
+
+# ----------------------------------------------------------------------------- 3. disk errors: one line, exit 2
+
+
+def full_disk(monkeypatch, name_part: str, after: int = 0, code: int = errno.ENOSPC) -> None:
+    """Files written through common (atomic_open, the probes) whose name contains `name_part` fail with
+    `code` once `after` bytes are written, as on a full (or read-only) disk; in prepare's workers too."""
+    real = open
+
+    class Failing:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > after:
+                raise OSError(code, os.strerror(code))
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *args, **kw):
+        f = real(path, mode, *args, **kw)
+        return Failing(f) if name_part in os.path.basename(str(path)) and "x" in mode else f
+
+    monkeypatch.setattr(common, "open", fake_open, raising=False)
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_keeps_the_last_checkpoint_and_no_temp(char_data, tmp_path,
+                                                                                       monkeypatch, capsys):
+    train.main(train_cfg(char_data, tmp_path, "--max_iters=2"))
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    full_disk(monkeypatch, "ckpt.pt", after=1000)
+    err = cli_error(capsys, train.main, train_cfg(char_data, tmp_path, "--max_iters=4", "--resume"))
+    assert err == f"error: cannot write {tmp_path / 'ckpt.pt'}: No space left on device"
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "log.jsonl"]
+
+
+def test_a_full_disk_in_prepare_names_the_shard_and_leaves_no_temp(corpus, tmp_path, monkeypatch, capsys):
+    full_disk(monkeypatch, "train_00001.bin", after=100)
+    err = cli_error(capsys, data.main, ["prepare", f"--input={','.join(corpus)}", f"--out_dir={tmp_path / 'o'}",
+                                        "--tokenizer=char", "--val_frac=0", "--workers=1"])
+    assert "train_00001.bin: No space left on device" in err and "1 input file(s) failed" in err
+    assert sorted(os.listdir(tmp_path / "o")) == [".prepare.lock", "meta.json", "train_00000.bin"]
+
+
+def test_a_read_only_out_dir_is_one_line_before_any_work(char_data, tmp_path, monkeypatch, capsys):
+    full_disk(monkeypatch, ".write-probe", code=errno.EROFS)
+    err = cli_error(capsys, train.main, train_cfg(char_data, tmp_path / "ro"))
+    assert err == f"error: cannot write {tmp_path / 'ro'}: Read-only file system"
+    assert not os.listdir(tmp_path / "ro")
+
+
+def scripts_writing_under(blocker: str, char_data: str) -> dict:
+    """Each script's main, with its output under `blocker`, a file where a directory should be."""
+    import eval as evaluation
+    import finetune
+    import synth
+    out = os.path.join(blocker, "out")
+    return {
+        "train": lambda: train.main(train_cfg(char_data, out)),
+        "finetune": lambda: finetune.main(finetune.FinetuneConfig(out_dir=out, init_from="missing.pt")),
+        "eval --out": lambda: evaluation.main(evaluation.EvalConfig(ckpt="missing.pt", out=out + "/r.json")),
+        "prepare": lambda: data.prepare(data.PrepareConfig(input=[os.path.join(os.path.dirname(char_data),
+                                        "c4-train.00000-of-01024.json.gz")], out_dir=out, tokenizer="char")),
+        "inject": lambda: data.inject(data.InjectConfig(data_dir=char_data, out_dir=out, block_size=32)),
+        "synth": lambda: synth.main([f"--out_dir={out}"]),
+    }
+
+
+@pytest.mark.parametrize("script", ["train", "finetune", "eval --out", "prepare", "inject", "synth"])
+def test_an_unwritable_output_is_one_line_naming_it_before_any_work(script, char_data, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    err = cli_error(capsys, scripts_writing_under(str(blocker), char_data)[script])
+    assert err.startswith(f"error: cannot write {blocker}/out") and "Not a directory" in err
+    assert blocker.read_text() == "not a directory"
+
+# ----------------------------------------------------------------------------- 4. options checked up front
+
+
+@pytest.mark.parametrize("option,message", [
+    ("--batch_size=0", "--batch_size must be >= 1, got 0"),
+    ("--eval_interval=0", "--eval_interval must be >= 1, got 0"),
+    ("--n_head=5", "--n_head=5 must divide --n_embd=16"),
+    ("--max_iters=-5", "--max_iters must be >= 1, got -5"),
+    ("--pause_frac=1.5", "--pause_frac must be in [0, 1), got 1.5"),
+    ("--on_nonfinite=ignore", "--on_nonfinite must be one of stop, skip, got 'ignore'"),
+])
+def test_a_bad_train_option_is_one_line(option, message, char_data, tmp_path, capsys):
+    assert cli_error(capsys, train.main, train_cfg(char_data, tmp_path, option)) == f"error: {message}"
+    assert not os.path.exists(tmp_path / "log.jsonl")
+
+
+@pytest.mark.parametrize("option,message", [
+    ("--prompt=FILE:/no/such/prompt.txt", "no such file /no/such/prompt.txt"),
+    ("--num_samples=0", "--num_samples must be >= 1, got 0"),
+])
+def test_a_bad_sample_option_is_one_line(option, message, capsys):
+    import sample
+    cfg = common.parse_config(sample.SampleConfig, ["--ckpt=missing.pt", option])
+    assert message in cli_error(capsys, sample.main, cfg)
+
+
+def test_resume_refuses_a_changed_run_and_logs_allowed_changes(char_data, tmp_path, capsys):
+    train.main(train_cfg(char_data, tmp_path, "--max_iters=2"))
+    for changed in ("--pause_frac=0.1", "--learning_rate=1e-3"):
+        err = cli_error(capsys, train.main, train_cfg(char_data, tmp_path, "--max_iters=4", "--resume", changed))
+        assert f"{changed[2:].split('=')[0]}=" in err and "Start a new --out_dir" in err
+    train.main(train_cfg(char_data, tmp_path, "--max_iters=4", "--resume", "--eval_iters=3"))
+    headers = [r for r in map(json.loads, open(tmp_path / "log.jsonl")) if "config" in r]
+    assert headers[-1]["changed_on_resume"] == {"max_iters": [2, 4], "eval_iters": [2, 3]}
+    assert common.load_checkpoint(str(tmp_path / "ckpt.pt"))["meta"]["step"] == 4
