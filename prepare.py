@@ -34,6 +34,7 @@ from tqdm import tqdm
 import tokenizer as tokmod
 from common import UserError, at_least, atomic_open, ensure_writable_dir, file_sha256, fraction, opt, write_json
 
+
 # -------------------- documents
 SUFFIXES = (".json.gz", ".jsonl", ".json", ".txt")
 
