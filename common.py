@@ -1,5 +1,5 @@
-"""What every script shares, written once: the config mechanism, user errors, runtime setup
-(device, dtype, DDP, seeding) and the checkpoint format.
+"""What every script shares, written once: the config mechanism, user errors, option checks, safe
+file writing, runtime setup (device, dtype, DDP, seeding) and the checkpoint format.
 
 Config: each script declares a dataclass whose fields are its options, with `opt(default, help)`.
 `parse_config` fills it from an optional TOML file (`config/tiny.toml` or `--config=...`), then
@@ -7,8 +7,11 @@ from `--key=value` (or `--key value`) overrides, checking every key and type; `-
 """
 import contextlib
 import dataclasses
+import hashlib
+import json
 import math
 import os
+import secrets
 import sys
 import tomllib
 import types
@@ -142,12 +145,101 @@ def load_toml(cls, path: str) -> dict:
 
 
 def run_main(main, *args) -> None:
-    """Call main(*args); a UserError becomes one line on stderr and exit status 2."""
+    """Call main(*args); a UserError becomes one line on stderr and exit status 2. So does, as a last
+    resort, a disk or permission error on a named file that no script turned into a UserError."""
     try:
         main(*args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.filename is None:
+            raise
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------- option checks
+# Each config class has a validate() made of these, called at the start of its script's main.
+
+def at_least(cfg, minimum: float, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < minimum:
+            raise UserError(f"--{name} must be >= {minimum}, got {getattr(cfg, name)}")
+
+
+def fraction(cfg, *names: str) -> None:
+    """Each option is a fraction in [0, 1)."""
+    for name in names:
+        if not 0 <= getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
+
+
+def one_of(cfg, name: str, choices: tuple) -> None:
+    if getattr(cfg, name) not in choices:
+        raise UserError(f"--{name} must be one of {', '.join(map(str, choices))}, got {getattr(cfg, name)!r}")
+
+
+# ----------------------------------------------------------------------------- writing files
+# A full disk, a read-only or missing directory: one line naming the path, never a traceback, and no
+# temp file left behind. Scripts probe their output directory before any long work.
+
+def _cannot_write(path: str, e: OSError) -> UserError:
+    return UserError(f"cannot write {path}: {e.strerror or e}")
+
+
+def ensure_writable_dir(path: str) -> None:
+    """Create directory `path` if needed and prove it writable with a small file of its own."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-probe.{secrets.token_hex(4)}")
+        try:
+            with open(probe, "xb") as f:
+                f.write(b"ok")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(probe)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+
+
+def ensure_writable_file(path: str) -> None:
+    """The directory of `path` is writable (created if needed) and `path` is not a directory."""
+    if os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it is a directory")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb"):
+    """A file for writing `path` whole or not at all: a temp file of its own (no other process ever
+    opens it) in the same directory, fsynced, then renamed over `path`. On any error the temp file is
+    removed and an OSError becomes a UserError naming `path`."""
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, mode.replace("w", "x")) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise _cannot_write(path, e) from None
+        raise
+
+
+def write_json(path: str, obj) -> None:
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -206,10 +298,14 @@ def teardown(rt: Runtime) -> None:
         dist.destroy_process_group()
 
 
-def all_mean(rt: Runtime, value: float) -> float:
-    """Mean of a scalar over DDP ranks (the value itself in a single process)."""
+def all_mean(rt: Runtime, value: float | torch.Tensor) -> float | torch.Tensor:
+    """Mean of a scalar, or elementwise of a tensor, over DDP ranks (the value itself in a single process)."""
     if not rt.ddp:
         return value
+    if isinstance(value, torch.Tensor):
+        t = value.detach().clone()
+        dist.all_reduce(t)
+        return t / rt.world_size
     t = torch.tensor([value], dtype=torch.float64, device=rt.device)
     dist.all_reduce(t)
     return t.item() / rt.world_size
@@ -229,15 +325,23 @@ def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int
 # One format for every script: {"model": state_dict, "optimizer": state_dict | None, "meta": dict}
 # of tensors and plain Python values only, so torch.load(weights_only=True) reads it (no pickle).
 
+def nonfinite_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding an inf or NaN."""
+    return [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+
+
 def save_checkpoint(path: str, model: torch.nn.Module, optimizer, meta: dict) -> None:
-    """Write atomically: a temp file, fsync, then rename, so a kill never leaves a broken checkpoint."""
+    """Write atomically (atomic_open), so a kill or a full disk never leaves a broken checkpoint;
+    weights that are not finite are never written."""
+    if bad := nonfinite_tensors(model):
+        raise UserError(f"not writing {path}: {len(bad)} tensor(s) of the model are not finite (e.g. {bad[0]})")
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else None, "meta": meta}
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:  # torch reports a failed write (full disk) as a RuntimeError caused by the OSError
+            cause = e.__context__.strerror if isinstance(e.__context__, OSError) else str(e).splitlines()[0]
+            raise UserError(f"cannot write {path}: {cause}") from None
 
 
 def load_checkpoint(path: str, device: str | torch.device = "cpu") -> dict:

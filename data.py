@@ -1,7 +1,8 @@
-"""Data: download C4, tokenize it into flat uint16 shards, inject pauses, serve pretraining batches.
+"""Data: download C4, tokenize it into flat uint16 shards (prepare.py), inject pauses, serve pretraining batches.
 
     python data.py download --n_train=1 --n_val=1 --out_dir=data/c4_raw
     python data.py prepare --input='data/c4_raw/c4-train.*' --val_input='data/c4_raw/c4-validation.*'
+    python data.py verify --data_dir=data/c4
     python data.py show --data_dir=data/c4 --pause_frac=0.1
     python data.py inject --data_dir=data/c4 --out_dir=data/c4_pause --pause_frac=0.1
 
@@ -9,39 +10,28 @@ Pause-pretraining happens in `inject_pauses` (insert pauses, trim) and in `Pretr
 (the one line that masks targets that are pauses); everything else is ordinary nanoGPT-style data.
 """
 import dataclasses
-import glob
-import gzip
 import hashlib
-import itertools
-import json
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
-import zlib
-from collections import Counter
 from http.client import HTTPException
-from multiprocessing import Pool
-from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import tokenizer as tokmod
-from common import UserError, config_help, opt, parse_config, run_main
+from common import (UserError, at_least, atomic_open, config_help, ensure_writable_dir, file_sha256, fraction, opt,
+                    parse_config, run_main, write_json)
+# the prepare step lives in prepare.py; data.prepare and data.PrepareConfig remain its public names
+from prepare import PrepareConfig, VerifyConfig, check_shards, load_meta, prepare, verify
 
 
 # -------------------- download
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def download_file(url: str, dest: str, sha256: str | None = None, desc: str | None = None) -> str:
     """Download url to dest, resuming a partial dest.part; check sha256 if given. Skips a good existing dest."""
-    if os.path.exists(dest) and (sha256 is None or _sha256(dest) == sha256):
+    if os.path.exists(dest) and (sha256 is None or file_sha256(dest) == sha256):
         return dest
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
@@ -65,7 +55,7 @@ def download_file(url: str, dest: str, sha256: str | None = None, desc: str | No
         raise UserError(f"download of {url} failed ({e}); run the command again to resume") from None
     if total is not None and os.path.getsize(part) != total:
         raise UserError(f"download of {url} stopped at {os.path.getsize(part)} of {total} bytes; run again to resume")
-    if sha256 is not None and (digest := _sha256(part)) != sha256:
+    if sha256 is not None and (digest := file_sha256(part)) != sha256:
         os.remove(part)
         raise UserError(f"download of {url} has sha256 {digest[:12]}…, expected {sha256[:12]}…; deleted it")
     os.replace(part, dest)
@@ -91,195 +81,11 @@ def download(cfg: DownloadConfig) -> None:
         raise UserError("C4 has train shards 0..1023 and validation shards 0..7; check --start, --n_train, --n_val")
     names = [f"c4-train.{i:05d}-of-01024.json.gz" for i in range(cfg.start, cfg.start + cfg.n_train)]
     names += [f"c4-validation.{i:05d}-of-00008.json.gz" for i in range(cfg.n_val)]
+    ensure_writable_dir(cfg.out_dir)
     for name in names:
         download_file(f"{cfg.base_url.rstrip('/')}/{name}", os.path.join(cfg.out_dir, name))
     print(f"{len(names)} C4 shard(s) in {cfg.out_dir}; next: python data.py prepare "
           f"--input='{cfg.out_dir}/c4-train.*' --val_input='{cfg.out_dir}/c4-validation.*'")
-
-
-# -------------------- documents
-SUFFIXES = (".json.gz", ".jsonl", ".json", ".txt")
-
-
-def _lines(path: str) -> Iterator[bytes]:
-    try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            yield from f
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is an EOFError
-        raise UserError(f"cannot read {path} ({type(e).__name__}: {e}); if it is a download, delete it and "
-                        "fetch it again") from None
-
-
-def _document(raw: bytes, is_json: bool) -> tuple[str | None, str | None]:
-    """(text, None) for a good document, (None, reason) for a bad one."""
-    try:
-        obj = json.loads(raw.decode("utf-8")) if is_json else {"text": raw.decode("utf-8")}
-    except UnicodeDecodeError:
-        return None, "invalid utf-8"
-    except json.JSONDecodeError:
-        return None, "invalid json"
-    if not isinstance(obj, dict):
-        return None, "not an object"
-    if "text" not in obj:
-        return None, "missing text"
-    if not isinstance(obj["text"], str):
-        return None, "text not a string"
-    return (obj["text"], None) if obj["text"].strip() else (None, "empty text")
-
-
-def read_documents(path: str, bad: Counter) -> Iterator[str]:
-    """Document texts of one file; bad lines are counted in `bad` by reason and skipped.
-
-    .json.gz (C4), .jsonl, .json: one JSON object with a "text" string per line (blank lines are
-    skipped); .txt: the whole file is one document.
-    """
-    is_json = not path.endswith(".txt")
-    for raw in (_lines(path) if is_json else [b"".join(_lines(path))]):
-        if is_json and not raw.strip():
-            continue
-        text, reason = _document(raw, is_json)
-        if reason:
-            bad[reason] += 1
-        else:
-            yield text
-
-
-def _expand(patterns: list[str]) -> list[str]:
-    """Files named by `patterns` (paths or globs), in order, each once."""
-    files = []
-    for p in patterns:
-        found = sorted(glob.glob(p)) if glob.has_magic(p) else [p]
-        if not found or not os.path.isfile(found[0]):
-            raise UserError(f"input {p} matches no file")
-        for f in map(os.path.abspath, found):
-            if not f.endswith(SUFFIXES):
-                raise UserError(f"input {f} is not one of {', '.join(SUFFIXES)}")
-            files += [] if f in files else [f]
-    return files
-
-
-# -------------------- prepare: documents -> flat uint16 token shards + meta.json
-@dataclasses.dataclass
-class PrepareConfig:
-    """Tokenize documents into flat uint16 shards (one per input file, each document followed by EOT)."""
-    input: list[str] = opt([], "training files or globs: .json.gz (C4), .jsonl, .json (a JSON object with "
-                               "'text' per line) or .txt (one document per file)")
-    val_input: list[str] = opt([], "validation files or globs (e.g. C4 validation shards); empty: hold out "
-                                   "val_frac of each input's documents")
-    out_dir: str = opt("data/c4", "output directory for the shards and meta.json")
-    tokenizer: str = opt("gpt2", "gpt2, char or word")
-    bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken); empty: tokenizer.py's search order")
-    val_frac: float = opt(0.005, "fraction of documents held out for validation when val_input is empty")
-    workers: int = opt(os.cpu_count() or 1, "worker processes (one input file each at a time)")
-
-
-_TOK = None  # the tokenizer of a worker process
-
-
-def _init_worker(tok_meta: dict, bpe_file: str | None) -> None:
-    global _TOK
-    _TOK = tokmod.from_meta(tok_meta, bpe_file)
-
-
-def _symbols_job(job: tuple[str, str]) -> list[str]:
-    kind, path = job
-    return tokmod.get_tokenizer(kind, texts=read_documents(path, Counter())).symbols
-
-
-def _tokenize_job(job: tuple[str, list[str], float]) -> dict:
-    """Worker: one input file -> outs[0] (and outs[1] for the held-out fraction frac), via temp files."""
-    src, outs, frac = job
-    bad, n_docs, n_tokens = Counter(), 0, [0] * len(outs)
-    files = [open(p + ".tmp", "wb") for p in outs]
-    try:
-        docs = read_documents(src, bad)
-        while batch := list(itertools.islice(docs, 1000)):
-            # document i is held out (dest 1) when i*frac crosses an integer: every (1/frac)-th one, evenly spread
-            dest = [int(int((i + 1) * frac) > int(i * frac)) for i in range(n_docs, n_docs + len(batch))]
-            n_docs += len(batch)
-            ids = _TOK.encode_batch(batch)
-            for d, f in enumerate(files):
-                a = np.fromiter(itertools.chain.from_iterable(t + [_TOK.eot_id] for t, k in zip(ids, dest) if k == d),
-                                dtype=np.uint16)
-                n_tokens[d] += f.write(a.tobytes()) // 2
-    except UserError as e:
-        return {"error": str(e)}
-    finally:
-        for f in files:
-            f.close()
-    for p in outs:
-        os.replace(p + ".tmp", p)
-    return {"docs": n_docs, "tokens": sum(n_tokens), "bad": bad}
-
-
-def _parallel(fn, jobs: list, workers: int, desc: str, initargs: tuple | None = None) -> list:
-    """fn over jobs in worker processes, with a progress bar over files."""
-    with Pool(max(1, min(workers, len(jobs))), _init_worker if initargs else None, initargs or ()) as pool:
-        return list(tqdm(pool.imap_unordered(fn, jobs), total=len(jobs), desc=desc, unit="file"))
-
-
-def _write_json(path: str, obj: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def prepare(cfg: PrepareConfig) -> dict:
-    """Tokenize cfg.input (and cfg.val_input) into cfg.out_dir; resumable. Returns the meta written."""
-    train, val = _expand(cfg.input), _expand(cfg.val_input)
-    if not train:
-        raise UserError("no --input given; e.g. --input='data/c4_raw/c4-train.*'")
-    if not 0 <= cfg.val_frac < 1:
-        raise UserError(f"--val_frac must be in [0, 1), got {cfg.val_frac}")
-    held_out = cfg.val_frac > 0 and not val
-    run = {"tokenizer": cfg.tokenizer, "val_frac": cfg.val_frac if held_out else 0, "input": train, "val_input": val}
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    meta_path = os.path.join(cfg.out_dir, "meta.json")
-    old = load_meta(cfg.out_dir) if os.path.exists(meta_path) else None
-    if old and old.get("prepare") != run:
-        raise UserError(f"{cfg.out_dir} was prepared from other inputs or settings; use a new --out_dir or delete it")
-    bpe_file = cfg.bpe_file or None
-    if old:  # a resumed run reuses the vocabulary it started with
-        tok = tokmod.from_meta(old["tokenizer"], bpe_file)
-    elif cfg.tokenizer in ("char", "word"):  # the vocabulary comes from ALL inputs, train and val
-        symbols = set().union(*_parallel(_symbols_job, [(cfg.tokenizer, p) for p in train + val], cfg.workers, "vocab"))
-        tok = tokmod.from_meta({"kind": cfg.tokenizer, "symbols": sorted(symbols)})
-    else:
-        tok = tokmod.get_tokenizer(cfg.tokenizer, bpe_file)
-    if tok.vocab_size > 2**16:
-        raise UserError(f"{tok.vocab_size} {cfg.tokenizer} ids do not fit uint16 shards; use gpt2 or char")
-    meta = {"tokenizer": tok.meta(), "vocab_size": tok.vocab_size, "pause_id": tok.pause_id, "eot_id": tok.eot_id,
-            "dtype": "uint16", "prepare": run, "shards": {"train": [], "val": []}, "bad_lines": {}}
-    _write_json(meta_path, meta)  # before tokenizing, so that a resumed run finds the same vocabulary
-
-    out = lambda split, i: os.path.join(cfg.out_dir, f"{split}_{i:05d}.bin")  # noqa: E731
-    jobs = [(p, [out("train", i), out("val", i)] if held_out else [out("train", i)], cfg.val_frac * held_out)
-            for i, p in enumerate(train)]
-    jobs += [(p, [out("val", i)], 0.0) for i, p in enumerate(val)]
-    todo = [j for j in jobs if not all(os.path.exists(p) for p in j[1])]
-    t0 = time.time()
-    results = _parallel(_tokenize_job, todo, cfg.workers, "prepare", (tok.meta(), bpe_file)) if todo else []
-    dt = time.time() - t0
-
-    bad = sum((r["bad"] for r in results if "bad" in r), Counter())
-    errors = [r["error"] for r in results if "error" in r]
-    for src, outs, _ in jobs:
-        if all(os.path.exists(p) for p in outs):
-            for p in outs:
-                split = os.path.basename(p).split("_")[0]
-                meta["shards"][split].append({"file": os.path.basename(p), "tokens": os.path.getsize(p) // 2,
-                                              "source": src})
-    meta["bad_lines"] = dict(bad)
-    _write_json(meta_path, meta)
-    docs, tokens = sum(r.get("docs", 0) for r in results), sum(r.get("tokens", 0) for r in results)
-    print(f"prepare: {len(todo)} file(s) tokenized ({len(jobs) - len(todo)} already done): {docs:,} documents, "
-          f"{tokens:,} tokens, {tokens / max(dt, 1e-9):,.0f} tokens/s; bad lines: "
-          + (", ".join(f"{k} {v}" for k, v in sorted(bad.items())) or "none"))
-    print(f"shards: train {sum(s['tokens'] for s in meta['shards']['train']):,} tokens, "
-          f"val {sum(s['tokens'] for s in meta['shards']['val']):,} tokens, in {cfg.out_dir}")
-    if errors:
-        raise UserError(f"{len(errors)} input file(s) failed, the others are done: " + "; ".join(errors))
-    return meta
 
 
 # -------------------- pause injection (Goyal et al., section 1: PausePT)
@@ -299,18 +105,6 @@ def inject_pauses(tokens: np.ndarray, n_pause: int, pause_id: int, rng: np.rando
 
 
 # -------------------- the pretraining loader
-def load_meta(data_dir: str) -> dict:
-    """The meta.json of a prepared data directory."""
-    path = os.path.join(data_dir, "meta.json")
-    if not os.path.isfile(path):
-        raise UserError(f"no meta.json in {data_dir}; run `python data.py prepare --out_dir={data_dir}` first")
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get("dtype") != "uint16":
-        raise UserError(f"{path}: shards must be uint16, not {meta.get('dtype')}")
-    return meta
-
-
 def _open_shards(data_dir: str, meta: dict, split: str, min_len: int) -> list[np.ndarray]:
     """The split's shards that hold at least min_len tokens, memory-mapped (shorter ones are skipped)."""
     paths = [os.path.join(data_dir, s["file"]) for s in meta["shards"].get(split, []) if s["tokens"] >= min_len]
@@ -318,9 +112,6 @@ def _open_shards(data_dir: str, meta: dict, split: str, min_len: int) -> list[np
         hint = " (--val_input, or a larger --val_frac)" if split == "val" else ""
         raise UserError(f"{data_dir} has no {split} shard of block_size+1 = {min_len} tokens or more; "
                         f"prepare more data{hint} or lower block_size")
-    for p in paths:
-        if not os.path.isfile(p):
-            raise UserError(f"{p} is listed in meta.json but missing; run data.py prepare again")
     return [np.memmap(p, dtype=np.uint16, mode="r") for p in paths]
 
 
@@ -329,6 +120,7 @@ class PretrainData:
 
     def __init__(self, data_dir: str, block_size: int, batch_size: int, pause_frac: float = 0.0, seed: int = 0):
         self.meta = load_meta(data_dir)
+        check_shards(data_dir, self.meta)  # sizes only: `data.py verify` reads the sha256 of every shard
         self.vocab_size, self.pause_id, self.eot_id = (self.meta[k] for k in ("vocab_size", "pause_id", "eot_id"))
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.n_pause = round(pause_frac * block_size)
@@ -372,13 +164,19 @@ class InjectConfig:
     pause_frac: float = opt(0.1, "pauses per window as a fraction of block_size")
     seed: int = opt(0, "random seed of the pause positions")
 
+    def validate(self) -> None:
+        at_least(self, 1, "block_size")
+        fraction(self, "pause_frac")
+
 
 def inject(cfg: InjectConfig) -> None:
-    """Write pause-injected shards and their meta.json to cfg.out_dir."""
+    """Write pause-injected shards and their meta.json (with each shard's sha256) to cfg.out_dir."""
+    cfg.validate()
     meta = load_meta(cfg.data_dir)
+    check_shards(cfg.data_dir, meta)
     if os.path.realpath(cfg.out_dir) == os.path.realpath(cfg.data_dir):
         raise UserError("--out_dir must differ from --data_dir (inject writes copies)")
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    ensure_writable_dir(cfg.out_dir)
     n_pause, B = round(cfg.pause_frac * cfg.block_size), cfg.block_size
     shards = {}
     for s_idx, (split, entries) in enumerate(meta["shards"].items()):
@@ -389,13 +187,14 @@ def inject(cfg: InjectConfig) -> None:
                 continue
             windows = np.memmap(os.path.join(cfg.data_dir, s["file"]), dtype=np.uint16, mode="r")[:n_win * B]
             windows = windows.reshape(n_win, B)
-            rng, path = np.random.default_rng((cfg.seed, s_idx, k)), os.path.join(cfg.out_dir, s["file"])
-            with open(path + ".tmp", "wb") as f:
+            rng, digest = np.random.default_rng((cfg.seed, s_idx, k)), hashlib.sha256()
+            with atomic_open(os.path.join(cfg.out_dir, s["file"])) as f:
                 for i in range(0, n_win, 4096):  # in chunks, to bound memory on 300M-token shards
-                    f.write(inject_pauses(windows[i:i + 4096], n_pause, meta["pause_id"], rng).tobytes())
-            os.replace(path + ".tmp", path)
-            shards[split].append({**s, "tokens": n_win * B})
-    _write_json(os.path.join(cfg.out_dir, "meta.json"), {**meta, "shards": shards, "pause_frac": cfg.pause_frac,
+                    chunk = inject_pauses(windows[i:i + 4096], n_pause, meta["pause_id"], rng).tobytes()
+                    f.write(chunk)
+                    digest.update(chunk)
+            shards[split].append({**s, "tokens": n_win * B, "sha256": digest.hexdigest()})
+    write_json(os.path.join(cfg.out_dir, "meta.json"), {**meta, "shards": shards, "pause_frac": cfg.pause_frac,
                 "block_size": B, "injected_from": os.path.abspath(cfg.data_dir)})
     print(f"inject: {sum(map(len, shards.values()))} shard(s), {n_pause} pauses per {B} tokens, in {cfg.out_dir}")
 
@@ -420,13 +219,13 @@ def show(cfg: ShowConfig) -> None:
 
 
 # -------------------- command line
-COMMANDS = {"prepare": (PrepareConfig, prepare), "download": (DownloadConfig, download),
-            "inject": (InjectConfig, inject), "show": (ShowConfig, show)}
+COMMANDS = {"prepare": (PrepareConfig, prepare), "verify": (VerifyConfig, verify),
+            "download": (DownloadConfig, download), "inject": (InjectConfig, inject), "show": (ShowConfig, show)}
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] in (["-h"], ["--help"]):
-        print("usage: python data.py {prepare,download,inject,show} [--key=value ...]\n\ncommands:")
+        print(f"usage: python data.py {{{','.join(COMMANDS)}}} [--key=value ...]\n\ncommands:")
         print("\n".join(f"  {name:9} {cls.__doc__.strip()}" for name, (cls, _) in COMMANDS.items()))
         for name, (cls, _) in COMMANDS.items():
             print("\n" + config_help(cls, f"data.py {name}"))

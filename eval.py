@@ -13,8 +13,6 @@ metric, value, stderr, n_truncated. With --log_samples (the default) the first m
 M_inf also holds "samples", one per example: doc_id (its index in the task file), truncated, scores, and
 generated (the raw text) + answer (what was scored) + target (decode tasks) or logliks + label (scored).
 """
-import json
-import os
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +21,7 @@ from tqdm import tqdm
 
 import metrics
 import tasks
-from common import UserError, opt, parse_config, run_main, setup_runtime
+from common import UserError, ensure_writable_file, opt, parse_config, run_main, setup_runtime, write_json
 from finetune import pause_id_for, pretrain_pause_frac
 from sample import banned_tokens, generate, load_model, prompt_in_block
 
@@ -175,6 +173,8 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
 def main(cfg: EvalConfig) -> list[dict]:
     if cfg.task not in tasks.TASKS:
         raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
+    if cfg.out:
+        ensure_writable_file(cfg.out)  # now, not after the whole evaluation
     rt = setup_runtime(cfg.device, cfg.dtype)
     model, tok, meta = load_model(cfg.ckpt, rt.device, cfg.bpe_file or None)
     examples = tasks.load_task(cfg.task, cfg.task_file or tasks.default_path(cfg.task, "eval"))
@@ -190,10 +190,7 @@ def main(cfg: EvalConfig) -> list[dict]:
         print(f"{r['task']} {r['variant']} m_ft={r['m_ft']} m_inf={r['m_inf']:>3} {r['metric']}="
               f"{r['value']:.4f} ± {r['stderr']:.4f} (n={r['n']}, {r['n_truncated']} prompts truncated)")
     if cfg.out:
-        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-        with open(cfg.out + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(cfg.out + ".tmp", cfg.out)
+        write_json(cfg.out, results)
     return results
 
 

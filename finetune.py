@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 import tasks
-from common import UserError, load_checkpoint, opt, parse_config, run_main, setup_runtime, teardown
+from common import (UserError, ensure_writable_dir, load_checkpoint, opt, parse_config, run_main, setup_runtime,
+                    teardown)
 from model import GPTConfig
 from sample import load_model, prompt_in_block
 from train import LoopConfig, fit, start
@@ -140,6 +141,8 @@ def finetune_eval(model, data: FinetuneData, cfg: FinetuneConfig, rt) -> dict:
 
 
 def main(cfg: FinetuneConfig) -> None:
+    cfg.validate()
+    ensure_writable_dir(cfg.out_dir)  # before the model and the task are loaded
     m_lo, m_hi = parse_m_ft(cfg.m_ft)
     if cfg.task not in tasks.TASKS:
         raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")

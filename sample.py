@@ -3,12 +3,13 @@ output before the last pause is ignored, and <pause> is never emitted.
 
     python sample.py --ckpt=out/pause/ckpt.pt --prompt="Question: gap 5 9 1\nAnswer:" --m_inf=10
 """
+import os
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from common import UserError, load_checkpoint, opt, parse_config, run_main, setup_runtime
+from common import UserError, at_least, load_checkpoint, opt, parse_config, run_main, setup_runtime
 from model import GPT, GPTConfig
 from tokenizer import from_meta
 
@@ -30,6 +31,12 @@ class SampleConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
+
+    def validate(self) -> None:
+        at_least(self, 1, "num_samples", "max_new_tokens")
+        at_least(self, 0, "temperature", "top_k")
+        if self.prompt.startswith("FILE:") and not os.path.isfile(self.prompt[5:]):
+            raise UserError(f"--prompt={self.prompt}: no such file {self.prompt[5:]}")
 
 
 def load_model(path: str, device, bpe_file: str | None = None) -> tuple[GPT, object, dict]:
@@ -135,13 +142,17 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[in
 
 
 def main(cfg: SampleConfig) -> None:
+    cfg.validate()
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     model, tok, meta = load_model(cfg.ckpt, rt.device, cfg.bpe_file or None)
     m_inf = meta.get("m_ft", 0) if cfg.m_inf == -1 else cfg.m_inf
     text = cfg.prompt
     if text.startswith("FILE:"):
-        with open(text[5:], encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(text[5:], encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--prompt={cfg.prompt}: cannot read it as text ({e})") from None
     text = text.replace("\\n", "\n")
     from finetune import pause_id_for  # here, not at the top: finetune.py imports this file
     # the pauses a checkpoint was finetuned with (a filler token, before the prompt) are the ones it expects

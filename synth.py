@@ -27,7 +27,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from common import UserError, opt, parse_config, run_main
+from common import UserError, ensure_writable_dir, opt, parse_config, run_main
 
 KINDS = ("gap", "min", "max", "sort")
 LAYOUTS = ("lambada", "gsm8k")
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(SynthConfig, argv, prog="synth.py")
     if len(cfg.corpus_n) != 2:
         raise UserError(f"--corpus_n expects two numbers, e.g. --corpus_n=4,12; got {cfg.corpus_n}")
+    ensure_writable_dir(cfg.out_dir)
     if len(cfg.end_word.split()) > 1:
         raise UserError(f"--end_word must be one word, got {cfg.end_word!r}")
     t0 = time.time()

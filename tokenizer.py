@@ -2,13 +2,21 @@
 
 Every tokenizer has `encode(text, allow_pause=False)`, `decode(ids)`, `vocab_size`, `pause_id`,
 `eot_id` and `meta()`; `from_meta(meta)` rebuilds it from the dict stored in a dataset's meta.json.
+
+    python tokenizer.py fetch     # the GPT-2 BPE file into assets/, once, for offline use
 """
 import base64
+import glob
 import hashlib
 import os
 import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
 
-from common import UserError
+from common import UserError, atomic_open, ensure_writable_file, file_sha256, opt, parse_config, run_main
 
 PAUSE = "<pause>"  # the one new token of the method
 EOT = "<|endoftext|>"
@@ -40,17 +48,28 @@ def load_bpe_file(path: str) -> dict:
     return {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in data.splitlines() if line)}
 
 
+def local_bpe_path(bpe_file: str | None = None) -> str | None:
+    """The GPT-2 BPE file to use, without the network: bpe_file, $PAUSEGPT_BPE, assets/gpt2.tiktoken,
+    then the copy in tiktoken's cache (where tiktoken.load keeps what it downloaded); None if none is there."""
+    if bpe_file or os.environ.get(BPE_ENV):
+        return bpe_file or os.environ[BPE_ENV]
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR",
+                                                                os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+    cached = os.path.join(cache, hashlib.sha1(R50K_URL.encode()).hexdigest()) if cache else ""
+    return next((p for p in (BPE_DEFAULT, cached) if p and os.path.isfile(p)), None)
+
+
 def gpt2_ranks(bpe_file: str | None = None) -> dict:
-    """GPT-2 ranks from, in order: bpe_file, $PAUSEGPT_BPE, assets/gpt2.tiktoken, tiktoken's cache/URL."""
-    path = bpe_file or os.environ.get(BPE_ENV) or (BPE_DEFAULT if os.path.isfile(BPE_DEFAULT) else None)
-    if path:
+    """GPT-2 ranks from local_bpe_path's file, else downloaded by tiktoken from its URL."""
+    if path := local_bpe_path(bpe_file):
         return load_bpe_file(path)
     import tiktoken.load
     try:
         return tiktoken.load.load_tiktoken_bpe(R50K_URL, expected_hash=R50K_SHA256)
     except Exception as e:  # offline, proxy, bad cache: all end in the same advice
-        raise UserError(f"GPT-2 BPE is neither cached nor reachable ({type(e).__name__}); pass --bpe_file=PATH "
-                        f"or set {BPE_ENV}=PATH to a local r50k_base.tiktoken (see README, 'Offline')") from None
+        raise UserError(f"GPT-2 BPE is neither cached nor reachable ({type(e).__name__}); run `python tokenizer.py "
+                        f"fetch`, or pass --bpe_file=PATH or set {BPE_ENV}=PATH to a local r50k_base.tiktoken "
+                        "(see README, 'Offline')") from None
 
 
 class GPT2Tokenizer:
@@ -166,3 +185,50 @@ def from_meta(meta: dict, bpe_file: str | None = None):
     if kind in ("char", "word"):
         return (CharTokenizer if kind == "char" else WordTokenizer)(meta["symbols"])
     raise UserError(f"meta.json names an unknown tokenizer {kind!r}")
+
+
+# -------------------- fetch: the GPT-2 BPE file from PyPI, for machines that reach only a package registry
+WHISPER = "openai-whisper==20250625"  # its sdist ships whisper/assets/gpt2.tiktoken, byte-identical to r50k_base
+
+
+@dataclass
+class FetchConfig:
+    """Put the GPT-2 BPE file in place for offline use, taken from openai-whisper's sdist (pip download)."""
+    dest: str = opt(BPE_DEFAULT, "where to write it (assets/gpt2.tiktoken is found without any option)")
+
+
+def fetch(cfg: FetchConfig) -> None:
+    """Write GPT-2's r50k_base.tiktoken to cfg.dest, sha256-checked; nothing to do if it is there already."""
+    if os.path.isfile(cfg.dest) and file_sha256(cfg.dest) == R50K_SHA256:
+        print(f"GPT-2 BPE already in {cfg.dest}")
+        return
+    ensure_writable_file(cfg.dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        pip = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary=:all:",
+                              WHISPER, "-d", tmp], capture_output=True, text=True)
+        sdists = glob.glob(os.path.join(tmp, "*.tar.gz"))
+        if pip.returncode or not sdists:
+            why = (pip.stderr.strip().splitlines() or ["no sdist"])[-1]
+            raise UserError(f"pip download {WHISPER} failed ({why}); get r50k_base.tiktoken another way and put "
+                            f"it at {cfg.dest} (README, 'Offline')")
+        with tarfile.open(sdists[0]) as tar:
+            member = next((m for m in tar.getmembers() if m.name.endswith("/whisper/assets/gpt2.tiktoken")), None)
+            if member is None:
+                raise UserError(f"{os.path.basename(sdists[0])} holds no whisper/assets/gpt2.tiktoken")
+            blob = tar.extractfile(member).read()
+    if (digest := hashlib.sha256(blob).hexdigest()) != R50K_SHA256:
+        raise UserError(f"the gpt2.tiktoken of {WHISPER} has sha256 {digest[:12]}…, not GPT-2's "
+                        f"{R50K_SHA256[:12]}…; nothing written")
+    with atomic_open(cfg.dest) as f:
+        f.write(blob)
+    print(f"GPT-2 BPE (sha256 {R50K_SHA256[:12]}…) written to {cfg.dest}")
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] != ["fetch"]:
+        raise UserError("usage: python tokenizer.py fetch [--dest=PATH] (see python tokenizer.py fetch --help)")
+    fetch(parse_config(FetchConfig, argv[1:], prog="tokenizer.py fetch"))
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])

@@ -18,8 +18,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (UserError, all_mean, cosine_lr, load_checkpoint, opt, parse_config, rng_state, run_main,
-                    save_checkpoint, set_rng_state, setup_runtime, teardown)
+from common import (UserError, all_mean, at_least, cosine_lr, ensure_writable_dir, fraction, load_checkpoint,
+                    nonfinite_tensors, one_of, opt, parse_config, rng_state, run_main, save_checkpoint, set_rng_state,
+                    setup_runtime, teardown)
 from model import GPT, GPTConfig
 from tokenizer import padded_vocab
 
@@ -28,7 +29,8 @@ from tokenizer import padded_vocab
 class LoopConfig:
     """The options of the optimisation loop `fit`, shared by train.py and finetune.py."""
     out_dir: str = opt("out/pretrain", "where ckpt.pt and the metrics log log.jsonl are written")
-    resume: bool = opt(False, "continue exactly from out_dir/ckpt.pt (same config)")
+    resume: bool = opt(False, "continue exactly from out_dir/ckpt.pt; only max_iters, the eval/log/ckpt intervals, "
+                              "eval_iters, device, compile and the non-finite policy may change")
     batch_size: int = opt(8, "sequences per micro-batch, per process")
     grad_accum: int = opt(1, "micro-batches per optimizer step, summed over all processes (divisible by their number)")
     max_iters: int = opt(1000, "optimizer steps")
@@ -49,6 +51,24 @@ class LoopConfig:
     dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
     compile: bool = opt(False, "torch.compile the model (recommended on GPU)")
     seed: int = opt(1337, "seeds model init, dropout and the batches")
+    on_nonfinite: str = opt("stop", "a step whose loss or gradient norm is inf/NaN never updates the weights: 'stop' "
+                                    "the run (ckpt.pt keeps the last good weights) or 'skip' that update")
+    max_skips: int = opt(10, "with on_nonfinite=skip: stop at this many non-finite steps in a row")
+
+    def validate(self) -> None:
+        """One line for the first option out of range (called at the start of main)."""
+        at_least(self, 1, "batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                 "max_skips")
+        at_least(self, 0, "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip",
+                 "ckpt_interval")
+        fraction(self, "beta1", "beta2", "dropout")
+        one_of(self, "on_nonfinite", ("stop", "skip"))
+
+
+# Options that --resume may change: how long the run goes, how often it evaluates, logs and saves, where it runs.
+# The model, the data and the optimiser stay (max_iters also moves the end of the decay if lr_decay_iters is 0).
+RESUMABLE = {"out_dir", "resume", "max_iters", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
+             "device", "compile", "on_nonfinite", "max_skips", "bpe_file"}
 
 
 @dataclass
@@ -64,18 +84,32 @@ class TrainConfig(LoopConfig):
     bias: bool = opt(False, "biases in Linear and LayerNorm layers")
     pos: str = opt("learned", "position embeddings: learned (GPT-2) or rope (rotary, no position parameters)")
 
+    def validate(self) -> None:
+        super().validate()
+        at_least(self, 1, "n_layer", "n_head", "n_embd", "block_size")
+        fraction(self, "pause_frac")
+        if self.n_embd % self.n_head:
+            raise UserError(f"--n_head={self.n_head} must divide --n_embd={self.n_embd}")
+
 
 class MetricsLog:
-    """JSONL metrics in out_dir/log.jsonl (master only); the first line of each run is its full config."""
+    """JSONL metrics in out_dir/log.jsonl (master only); the first line of each run is its full config.
+    A resumed run first cuts the log back to where its checkpoint was written (`truncate_to`), so the
+    steps it replays appear once, with the values of the run that continued."""
 
-    def __init__(self, path: str | None, header: dict):
+    def __init__(self, path: str | None, header: dict, truncate_to: int | None = None):
         self.path = path
+        if path and truncate_to is not None and os.path.exists(path) and os.path.getsize(path) >= truncate_to:
+            os.truncate(path, truncate_to)
         self.write(header)
 
     def write(self, record: dict) -> None:
         if self.path:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def size(self) -> int | None:
+        return os.path.getsize(self.path) if self.path and os.path.exists(self.path) else None
 
 
 def make_optimizer(model: GPT, cfg) -> torch.optim.Optimizer:
@@ -90,7 +124,13 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         log: MetricsLog) -> None:
     """Optimise model for steps start_step..cfg.max_iters-1 with DDP, grad accumulation, clipping and
     a cosine LR; `get_batch(step, index)` gives micro-batch `index` (global over ranks) of a step;
-    `evaluate(model)` returns a dict of metrics. ckpt.pt is (re)written atomically with `meta`."""
+    `evaluate(model)` returns a dict of metrics. ckpt.pt is (re)written atomically with `meta`.
+
+    A step whose loss or gradient norm is inf/NaN never reaches the weights: the run stops, or skips
+    that update (cfg.on_nonfinite). A checkpoint is written only from weights that have just given a
+    finite loss and gradient: the one of step k at step k, before its update; the last one after the
+    final evaluation. So the checkpoint kept after a divergence is good, and resuming from it gives
+    the same finite loss."""
     if cfg.grad_accum % rt.world_size:
         raise UserError(f"grad_accum={cfg.grad_accum} must be divisible by the {rt.world_size} processes")
     accum = cfg.grad_accum // rt.world_size
@@ -104,16 +144,27 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
     decay = cfg.lr_decay_iters or cfg.max_iters
     bar = tqdm(range(start_step, cfg.max_iters), initial=start_step, total=cfg.max_iters,
                disable=not rt.master, dynamic_ncols=True, desc=os.path.basename(cfg.out_dir.rstrip("/")))
+    saved = start_step if cfg.resume else None  # the step of the checkpoint on disk
 
-    def save(step: int) -> None:  # `step` optimizer steps are done
+    def save(step: int, rng: dict) -> None:  # `step` optimizer steps are done; `rng` as that step began
+        nonlocal saved
+        if bad := nonfinite_tensors(raw):  # on every rank (the weights are the same), so that all stop together
+            raise UserError(f"{len(bad)} tensor(s) of the model are not finite at step {step} (e.g. {bad[0]}): "
+                            f"stopped without writing them; {kept()}")
         if rt.master:
-            save_checkpoint(ckpt_path, raw, optimizer, {**meta, "step": step, "rng": rng_state()})
+            save_checkpoint(ckpt_path, raw, optimizer, {**meta, "step": step, "rng": rng, "log_offset": log.size()})
+        saved = step
 
-    t0 = time.time()
+    def kept() -> str:
+        return f"the last good checkpoint {ckpt_path} (step {saved}) is kept" if saved is not None else \
+            "no checkpoint was written"
+
+    t0, skipped, in_a_row = time.time(), 0, 0
     for step in bar:
         if step % cfg.eval_interval == 0 and not (cfg.resume and step == start_step):
             log.write({"step": step, **evaluate(model)})
             t0 = time.time()  # evaluation is not training throughput
+        rng = rng_state() if step > start_step and step % ckpt_every == 0 else None  # this step's checkpoint
         lr = cosine_lr(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, decay)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -130,11 +181,25 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
             (loss / accum).backward()
             loss_sum += loss.detach()
             n_tokens += x.numel() * rt.world_size
-        loss = all_mean(rt, loss_sum.item() / accum)  # one sync per step, needed for the NaN check
-        if not math.isfinite(loss):
-            kept = f"the last good checkpoint {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint yet"
-            raise UserError(f"loss is {loss} at step {step}: stopped; {kept}. Try a lower learning_rate or dtype=float32")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        # one sync per step: the mean loss, and a grad norm that is non-finite on every rank if it is on one,
+        # so that all ranks take the same decision below
+        loss, grad_norm = all_mean(rt, torch.stack([loss_sum.double() / accum, grad_norm.double()])).tolist()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)  # this update never reaches the weights
+            skipped, in_a_row = skipped + 1, in_a_row + 1
+            what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+            if cfg.on_nonfinite == "stop" or in_a_row >= cfg.max_skips:
+                why = "" if cfg.on_nonfinite == "stop" else f" ({in_a_row} non-finite steps in a row)"
+                raise UserError(f"{what} at step {step}{why}: stopped; {kept()}. Try a lower learning_rate or "
+                                "dtype=float32")
+            log.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "skipped": True,
+                       "skipped_steps": skipped})
+            t0 = time.time()
+            continue
+        in_a_row = 0
+        if rng is not None:  # these weights just gave a finite loss and gradient
+            save(step, rng)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         dt, t0 = time.time() - t0, time.time()
@@ -143,36 +208,53 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         log.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tok_s, "mfu": mfu})
         if step % cfg.log_interval == 0 or step == cfg.max_iters - 1:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
-                            mfu="n/a" if mfu is None else f"{mfu:.1%}")
-        if (step + 1) % ckpt_every == 0 or step + 1 == cfg.max_iters:
-            save(step + 1)
+                            mfu="n/a" if mfu is None else f"{mfu:.1%}", **({"skipped": skipped} if skipped else {}))
     if cfg.max_iters > start_step:
-        log.write({"step": cfg.max_iters, **evaluate(model)})
+        metrics = evaluate(model)
+        log.write({"step": cfg.max_iters, **metrics})
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise UserError(f"the final evaluation gave {metrics}: stopped without writing these weights; {kept()}")
+        save(cfg.max_iters, rng_state())
 
 
 def start(cfg, rt, gpt_config: GPTConfig) -> tuple[GPT, torch.optim.Optimizer, int, MetricsLog]:
     """Build the model and optimizer, restore them from out_dir/ckpt.pt if cfg.resume, open the log."""
+    if rt.master:
+        ensure_writable_dir(cfg.out_dir)  # a read-only out_dir is one line now, not at the first checkpoint
     model = GPT(gpt_config).to(rt.device)
     optimizer = make_optimizer(model, cfg)
-    step, ckpt_path = 0, os.path.join(cfg.out_dir, "ckpt.pt")
+    step, ckpt_path, changed, log_offset = 0, os.path.join(cfg.out_dir, "ckpt.pt"), None, None
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, rt.device)
         saved = {**dataclasses.asdict(GPTConfig()), **ckpt["meta"].get("model", {})}  # older: fewer keys, defaults
         if saved != dataclasses.asdict(gpt_config):
             raise UserError(f"{ckpt_path} holds a model of another config {ckpt['meta'].get('model')}; "
                             "resume with the same model options")
+        step, changed = ckpt["meta"]["step"], config_changes(ckpt_path, ckpt["meta"].get("config", {}), cfg)
+        if cfg.max_iters < step:
+            raise UserError(f"--max_iters={cfg.max_iters} is below the step {step} of {ckpt_path}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["meta"]["step"]
         set_rng_state(ckpt["meta"]["rng"])
+        log_offset = ckpt["meta"].get("log_offset")
     elif rt.master and os.path.exists(ckpt_path):
         raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out_dir")
-    if rt.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
     log = MetricsLog(os.path.join(cfg.out_dir, "log.jsonl") if rt.master else None,
                      {"config": dataclasses.asdict(cfg), "resumed_at": step if cfg.resume else None,
-                      "world_size": rt.world_size, "n_params": model.num_params()})
+                      **({"changed_on_resume": changed} if changed else {}),
+                      "world_size": rt.world_size, "n_params": model.num_params()}, truncate_to=log_offset)
     return model, optimizer, step, log
+
+
+def config_changes(ckpt_path: str, old: dict, cfg) -> dict:
+    """{key: [old, new]} of the options that differ from the checkpoint's run; a UserError if one of them
+    would alter the run (see RESUMABLE). Keys the checkpoint's run did not have yet are not compared."""
+    changed = {k: [old[k], v] for k, v in dataclasses.asdict(cfg).items() if k in old and old[k] != v and k != "resume"}
+    if fixed := [k for k in changed if k not in RESUMABLE]:
+        raise UserError(f"--resume continues {ckpt_path} with its own config, but " + ", ".join(
+            f"{k}={changed[k][1]} (was {changed[k][0]})" for k in fixed) + "; only " + ", ".join(sorted(RESUMABLE -
+            {"resume"})) + " may change. Start a new --out_dir to change the others")
+    return changed
 
 
 @torch.no_grad()
@@ -193,6 +275,7 @@ def pretrain_eval(model, data, cfg, rt) -> dict:
 
 def main(cfg: TrainConfig) -> None:
     from data import PretrainData
+    cfg.validate()
     if cfg.pos not in ("learned", "rope"):
         raise UserError(f"--pos must be learned or rope, not {cfg.pos!r}")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)

@@ -1,4 +1,5 @@
-"""data.py: prepare (documents -> uint16 shards), inject_pauses, PretrainData, the inject/show commands, the CLI."""
+"""data.py: prepare (documents -> uint16 shards), inject_pauses, PretrainData, the inject/show commands, the CLI.
+Tests marked bpe need the GPT-2 BPE file (tests/conftest.py)."""
 import dataclasses
 import gzip
 import json
@@ -63,6 +64,7 @@ def prepared(tmp_path_factory):
 # ----------------------------------------------------------------------------- prepare
 
 
+@pytest.mark.bpe
 def test_prepare_shards_decode_to_documents_joined_by_eot(prepared, gpt2):
     out_dir, docs, meta = prepared
     entries = meta["shards"]["train"] + meta["shards"]["val"]
@@ -71,6 +73,7 @@ def test_prepare_shards_decode_to_documents_joined_by_eot(prepared, gpt2):
         assert gpt2.decode(shard(out_dir, e["file"])) == EOT.join(docs[e["source"]]) + EOT
 
 
+@pytest.mark.bpe
 def test_prepare_meta_describes_the_tokenizer_and_shards(prepared):
     out_dir, _, meta = prepared
     assert json.loads((out_dir / "meta.json").read_text()) == meta
@@ -79,11 +82,16 @@ def test_prepare_meta_describes_the_tokenizer_and_shards(prepared):
     assert all(e["tokens"] == len(shard(out_dir, e["file"])) for e in meta["shards"]["train"])
 
 
-def test_prepare_counts_and_skips_bad_lines(prepared):
-    assert prepared[2]["bad_lines"] == {"invalid json": 1, "not an object": 1, "missing text": 1,
-                                        "text not a string": 1, "empty text": 1, "invalid utf-8": 1}
+@pytest.mark.bpe
+def test_prepare_counts_and_skips_bad_lines_per_file_and_reason(prepared):
+    _, docs, meta = prepared
+    files = list(docs)  # write_c4 puts one blank line into every file, and BAD_LINES into the second
+    assert meta["bad_lines"] == {**{f: {"blank line": 1} for f in files},
+                                 files[1]: {"invalid json": 1, "not an object": 1, "missing text": 1, "blank line": 1,
+                                            "text not a string": 1, "empty text": 1, "invalid utf-8": 1}}
 
 
+@pytest.mark.bpe
 @pytest.mark.parametrize("damage", ["corrupt", "truncated"])
 def test_prepare_names_a_bad_gzip_and_finishes_the_others(tmp_path, damage):
     good = [write_c4(tmp_path / f"good{i}.json.gz", make_docs(30, i)) for i in range(2)]
@@ -97,6 +105,7 @@ def test_prepare_names_a_bad_gzip_and_finishes_the_others(tmp_path, damage):
     assert (tmp_path / "out" / "train_00002.bin").exists() and not (tmp_path / "out" / "train_00001.bin").exists()
 
 
+@pytest.mark.bpe
 def test_prepare_resumes_skipping_finished_shards_and_redoing_temp_ones(tmp_path, gpt2):
     docs = [make_docs(25, i) for i in range(2)]
     files = [write_c4(tmp_path / f"in{i}.json.gz", d) for i, d in enumerate(docs)]
@@ -119,6 +128,7 @@ def test_prepare_refuses_an_out_dir_of_other_settings(tmp_path):
         prep(tmp_path / "out", files, tokenizer="word")
 
 
+@pytest.mark.bpe
 def test_prepare_holds_out_every_kth_document_for_val(tmp_path, gpt2):
     docs = make_docs(20, 7)
     prep(tmp_path / "out", [write_c4(tmp_path / "in.json.gz", docs)], val_frac=0.25)
@@ -138,6 +148,7 @@ def test_prepare_with_a_toy_tokenizer_builds_the_vocab_from_train_and_val(tmp_pa
     assert shard(tmp_path / "out", "train_00000.bin").tolist() == expect
 
 
+@pytest.mark.bpe
 def test_prepare_reads_txt_as_one_document_per_file(tmp_path, gpt2):
     (tmp_path / "a.txt").write_text("First line.\n\nSecond paragraph.")
     prep(tmp_path / "out", [str(tmp_path / "*.txt")], val_frac=0.0)
