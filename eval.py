@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import flops
 import tasks
 from common import UserError, opt, parse_config, run_main, setup_runtime
 from finetune import pause_id_for, pretrain_pause_frac
@@ -99,6 +100,9 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                 prompts = [with_pauses(p, m, pause, prepend) for p in prefixes]
                 answers = decode_answers(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size, bar)
                 scores = [tasks.score_decode(task, a, e) for a, e in zip(answers, examples)]
+                # decoded tokens: the answer re-encoded, plus the stop token unless the budget ran out
+                cost = [flops.infer_flops(model.config, len(p), min(len(tok.encode(a)) + 1, cfg.max_new_tokens))
+                        for p, a in zip(prompts, answers)]
             else:
                 seqs, owner = [], []
                 for k, (p, cs) in enumerate(zip(prefixes, choices)):
@@ -111,11 +115,15 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                 for k, v in zip(owner, ll):
                     per[k].append(v)
                 scores = [tasks.score_choices(e, p) for e, p in zip(examples, per)]
+                cost = [0] * len(examples)  # one forward pass over context + choice per choice
+                for k, (context, c) in zip(owner, seqs):
+                    cost[k] += flops.forward_flops(model.config, len(context) + len(c) - 1)
             for metric in spec.metrics:
                 p = sum(s[metric] for s in scores) / len(scores)
                 results.append({"task": task, "checkpoint": cfg.ckpt, "variant": variant_name(meta),
                                 "m_ft": meta.get("m_ft", 0), "m_inf": m, "n": len(scores), "metric": metric,
-                                "value": p, "stderr": tasks.stderr(p, len(scores))})
+                                "value": p, "stderr": tasks.stderr(p, len(scores)),
+                                "infer_flops_per_example": sum(cost) / len(cost)})
     return results
 
 
