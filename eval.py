@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import flops
 import metrics
 import tasks
 from common import UserError, ensure_writable_file, opt, parse_config, run_main, setup_runtime, write_json
@@ -145,6 +146,9 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                 samples = [{"doc_id": k, "truncated": cut[k], "generated": a, "answer": metrics.truncate(a, spec.stop),
                             "target": e.answers, "scores": s}
                            for k, (a, e, s) in enumerate(zip(answers, examples, scores))]
+                # decoded tokens: the answer re-encoded, plus the stop token unless its budget ran out
+                cost = [flops.infer_flops(model.config, len(p), min(len(tok.encode(a)) + 1, n))
+                        for p, a, n in zip(prompts, answers, budgets)]
             else:
                 seqs, owner = [], []
                 for k, plan in enumerate(plans[m]):
@@ -159,12 +163,16 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
                 scores = [metrics.score_choices(p, e.choices, e.label) for e, p in zip(examples, per)]
                 samples = [{"doc_id": k, "truncated": cut[k], "logliks": p, "label": e.label, "scores": s}
                            for k, (p, e, s) in enumerate(zip(per, examples, scores))]
+                cost = [0] * len(examples)  # one forward pass over context + choice per choice
+                for k, (context, c) in zip(owner, seqs):
+                    cost[k] += flops.forward_flops(model.config, len(context) + len(c) - 1)
             for i, metric in enumerate(spec.metrics):
                 values = [s[metric] for s in scores]
                 p = sum(values) / len(values)
                 results.append({"task": task, "checkpoint": cfg.ckpt, "variant": variant_name(meta),
                                 "m_ft": meta.get("m_ft", 0), "m_inf": m, "n": len(scores), "metric": metric,
-                                "value": p, "stderr": metrics.stderr(values), "n_truncated": sum(cut)})
+                                "value": p, "stderr": metrics.stderr(values), "n_truncated": sum(cut),
+                                "infer_flops_per_example": sum(cost) / len(cost)})
                 if i == 0 and cfg.log_samples:  # once per M_inf: the scores of every metric are in each sample
                     results[-1]["samples"] = samples
     return results

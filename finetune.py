@@ -30,6 +30,10 @@ class FinetuneConfig(LoopConfig):
                          "drawn uniformly from lo..hi for each example of each batch (beyond the paper)")
     filler: str = opt("", "ablation: this ordinary one-token text (e.g. '.') instead of <pause>")
     prepend: bool = opt(False, "ablation: put the pauses before the prefix instead of after it")
+    cot: str = opt("", "chain-of-thought -> pause curriculum (curriculum.py; largest-gap task): '' = off, "
+                       "'sorted' or 'gaps' = the CoT whose tokens are replaced by pauses one stage at a time")
+    cot_frac: float = opt(0.5, "curriculum: share of the steps spent walking stages 0..C-1; the rest is PauseFT's format")
+    cot_mix: float = opt(0.3, "curriculum: probability that an example is drawn from an earlier stage")
     max_examples: int = opt(0, "use only the first N examples of the file (0 = all)")
     val_frac: float = opt(0.05, "held-out share of the examples for the validation loss")
     # finetuning defaults of the loop options (see train.py)
@@ -150,14 +154,15 @@ def main(cfg: FinetuneConfig) -> None:
     try:
         _, tok, pre = load_model(cfg.init_from, "cpu", cfg.bpe_file or None)
         gpt_config = GPTConfig(**{**pre["model"], "dropout": cfg.dropout})
-        data = FinetuneData(cfg, tok, gpt_config.block_size)
+        from curriculum import CurriculumData  # it builds on FinetuneData
+        data = (CurriculumData if cfg.cot else FinetuneData)(cfg, tok, gpt_config.block_size)
         model, optimizer, step, log = start(cfg, rt, gpt_config)
         if not cfg.resume:  # start from the pretrained weights (the optimizer starts afresh)
             model.load_state_dict(load_checkpoint(cfg.init_from, rt.device)["model"])
         meta = {"kind": "finetune", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
                 "tokenizer": pre["tokenizer"], "task": cfg.task, "filler": cfg.filler,
                 "m_ft": m_hi, "m_ft_range": [m_lo, m_hi],  # a range's default M_inf is its largest value
-                "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre)}
+                "prepend": cfg.prepend, "cot": cfg.cot, "pretrain_pause_frac": pretrain_pause_frac(pre)}
         fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
     finally:
         teardown(rt)

@@ -18,6 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import flops
 from common import (UserError, all_mean, at_least, cosine_lr, ensure_writable_dir, fraction, load_checkpoint,
                     nonfinite_tensors, one_of, opt, parse_config, rng_state, run_main, save_checkpoint, set_rng_state,
                     setup_runtime, teardown)
@@ -159,6 +160,7 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         return f"the last good checkpoint {ckpt_path} (step {saved}) is kept" if saved is not None else \
             "no checkpoint was written"
 
+    ledger = flops.Ledger(raw.config, meta.get("kind") == "finetune", rt.world_size, log.path, start_step)
     t0, skipped, in_a_row = time.time(), 0, 0
     for step in bar:
         if step % cfg.eval_interval == 0 and not (cfg.resume and step == start_step):
@@ -172,6 +174,7 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         loss_sum, n_tokens = torch.zeros((), device=rt.device), 0
         for micro in range(accum):
             x, y = get_batch(step, rt.rank * accum + micro)  # built on CPU while the GPU is still busy
+            ledger.add(x, y)
             if rt.device.type == "cuda":
                 x, y = x.pin_memory().to(rt.device, non_blocking=True), y.pin_memory().to(rt.device, non_blocking=True)
             if rt.ddp:  # all-reduce the gradients only on the last micro-batch
@@ -205,7 +208,8 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         dt, t0 = time.time() - t0, time.time()
         tok_s = n_tokens / dt  # pauses and padding count: they cost compute
         mfu = raw.estimate_mfu(tok_s / rt.world_size, rt.device, x.size(1))  # per GPU, at the batch's width
-        log.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tok_s, "mfu": mfu})
+        log.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_sec": tok_s, "mfu": mfu,
+                   **ledger.record()})
         if step % cfg.log_interval == 0 or step == cfg.max_iters - 1:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                             mfu="n/a" if mfu is None else f"{mfu:.1%}", **({"skipped": skipped} if skipped else {}))

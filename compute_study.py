@@ -1,0 +1,333 @@
+"""Pauses at equal compute (issue 14): two experiments whose every result carries its FLOPs (flops.py), each
+pause arm paired, seed by seed, with no-pause baselines matched in training and in inference FLOPs.
+
+  curriculum  the cpu study's largest-gap task, corpus and 3-layer StdPT pretraining (study.py --preset=cpu);
+              finetuning arms: StdFT; PauseFT (M_ft = 12); CurriculumFT (curriculum.py: a sorted-numbers chain of
+              thought replaced by pauses stage by stage, ending in PauseFT's format); StdFT_matched (as many
+              finetuning FLOPs as PauseFT); Deep_StdFT (the fewest layers whose inference FLOPs per example reach
+              PauseFT's, pretrained and finetuned on as many FLOPs as the 3-layer PauseFT route).
+  separation  n-bit parity (separation.py) from random initialisation, 2 layers: NoPause; Pause (M = n);
+              NoPause_3x (3x Pause's training FLOPs); Deep_NoPause (inference FLOPs reach Pause's, training
+              FLOPs equal to Pause's).
+
+Every arm of every seed is its own folder and can run as its own process; a second call reuses finished work:
+
+    python compute_study.py --experiment=curriculum --only_seed=0                  # one seed, every arm
+    python compute_study.py --experiment=curriculum --only_seed=0 --only_arm=PauseFT
+    python compute_study.py --experiment=curriculum --seeds=5 --aggregate          # summary.md/json + two plots
+
+(Arms of one seed share its pretraining: to run them in parallel, run --only_arm=pretrain first.)
+"""
+import dataclasses
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+import data
+import eval as evaluation
+import finetune
+import flops
+import separation
+import synth
+import tasks
+import train
+from common import UserError, load_checkpoint, opt, parse_config, run_main, save_checkpoint
+from model import GPT, GPTConfig
+from study import CPU_PRETRAIN, CPU_SYNTH
+from tokenizer import WordTokenizer, from_meta, padded_vocab
+
+EXPERIMENTS = {  # arm -> (which model, M_ft, finetuning options); the first arm of each pair list is the reference
+    "curriculum": ["StdFT", "PauseFT", "CurriculumFT", "StdFT_matched", "Deep_StdFT"],
+    "separation": ["NoPause", "Pause", "NoPause_3x", "Deep_NoPause"],
+}
+PAUSE_ARMS = {"curriculum": ["PauseFT", "CurriculumFT"], "separation": ["Pause"]}
+MATCHED = {"curriculum": ["StdFT_matched", "Deep_StdFT"], "separation": ["NoPause_3x", "Deep_NoPause"]}
+
+
+@dataclass
+class ComputeStudyConfig:
+    """Two experiments that look for a pause gain surviving compute matching; see the module doc."""
+    experiment: str = opt("curriculum", f"which experiment: {', '.join(EXPERIMENTS)}")
+    out_dir: str = opt("out/compute", "results go to OUT_DIR/EXPERIMENT/ (seedK/ARM/, summary.md, summary.json, plots)")
+    seeds: int = opt(5, "seeds 0..N-1 (each a fresh pretraining, finetuning and initialisation)")
+    only_seed: int = opt(-1, "run this seed only (-1 = all); for running seeds as separate processes")
+    only_arm: str = opt("", "run this arm only ('pretrain' = the seed's pretraining only); default all")
+    aggregate: bool = opt(False, "train nothing: collect the finished runs of --seeds and write the summary and plots")
+    pt_iters: int = opt(CPU_PRETRAIN["max_iters"], "curriculum: pretraining steps of the 3-layer StdPT (config/tiny.toml; "
+                                                   "the deep model gets as many FLOPs)")
+    m_ft: int = opt(12, "curriculum: pauses of PauseFT and CurriculumFT (the CoT is 12 sorted numbers)")
+    ft_iters: int = opt(2500, "curriculum: finetuning steps of StdFT, PauseFT and CurriculumFT")
+    ft_batch_size: int = opt(64, "curriculum: finetuning batch size")
+    ft_lr: float = opt(1e-3, "curriculum: finetuning peak learning rate")
+    cot: str = opt("sorted", "curriculum: the chain of thought (curriculum.py: sorted or gaps)")
+    cot_frac: float = opt(0.5, "curriculum: share of the steps walking the CoT stages")
+    cot_mix: float = opt(0.3, "curriculum: probability of an example from an earlier stage")
+    max_examples: int = opt(1000, "test questions evaluated (0 = all)")
+    bits: int = opt(12, "separation: bits of a val/test parity question (also the pause arm's M)")
+    train_bits: list[int] = opt([2, 12], "separation: bits of training questions, lo,hi")
+    sep_n_train: int = opt(3000, "separation: distinct training questions (bit strings are few: 2..12 bits, 8188)")
+    sep_layers: int = opt(2, "separation: layers of the NoPause and Pause models")
+    sep_iters: int = opt(3000, "separation: steps of NoPause and Pause")
+    sep_lr: float = opt(1e-3, "separation: peak learning rate")
+    sep_batch_size: int = opt(64, "separation: batch size")
+    device: str = opt("cpu", "cpu (the budgets above are for 2 CPU cores), cuda or auto")
+
+
+def mean_step_flops(ft: finetune.FinetuneConfig, tok, conf: GPTConfig, steps: int = 20) -> float:
+    """Training FLOPs of one step of a finetuning config, averaged over its first batches (no model needed)."""
+    from curriculum import CurriculumData
+    d = (CurriculumData if ft.cot else finetune.FinetuneData)(ft, tok, conf.block_size)
+    return statistics.fmean(flops.train_flops(conf, *d.batch(s)[0].shape) for s in range(steps))
+
+
+def deeper(conf: GPTConfig, prompt_len: int, target_len: int, pauses: int) -> GPTConfig:
+    """The shallowest deeper copy of conf whose inference FLOPs without pauses reach conf's with `pauses`."""
+    goal = flops.infer_flops(conf, prompt_len + pauses, target_len)
+    for n_layer in range(conf.n_layer + 1, 64):
+        deep = dataclasses.replace(conf, n_layer=n_layer)
+        if flops.infer_flops(deep, prompt_len, target_len) >= goal:
+            return deep
+    raise UserError("no depth below 64 layers matches the pause model's inference FLOPs")
+
+
+def ft_config(cfg: ComputeStudyConfig, out: str, init: str, task_file: str, seed: int, m_ft: int, iters: int,
+              **kw) -> finetune.FinetuneConfig:
+    sep = cfg.experiment == "separation"
+    lr, bs = (cfg.sep_lr, cfg.sep_batch_size) if sep else (cfg.ft_lr, cfg.ft_batch_size)
+    return finetune.FinetuneConfig(init_from=init, task="lambada", task_file=task_file, out_dir=out, m_ft=str(m_ft),
+                                   max_iters=iters, batch_size=bs, learning_rate=lr, min_lr=lr / 10,
+                                   warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4), seed=seed,
+                                   device=cfg.device, log_interval=50, resume=os.path.exists(os.path.join(out, "ckpt.pt")),
+                                   **kw)
+
+
+def done(ckpt: str, steps: int) -> bool:
+    return os.path.exists(ckpt) and load_checkpoint(ckpt)["meta"]["step"] >= steps
+
+
+def run_ft(ft: finetune.FinetuneConfig) -> None:
+    if not done(os.path.join(ft.out_dir, "ckpt.pt"), ft.max_iters):
+        finetune.main(ft)
+
+
+def pretrain(cfg: ComputeStudyConfig, root: str, seed: int, prepared: str, conf: GPTConfig, iters: int, name: str,
+             build: bool) -> str:
+    """The checkpoint of a StdPT run of the cpu study's recipe at conf's depth (trained first if build and not done)."""
+    out = os.path.join(root, f"seed{seed}", name)
+    ckpt = os.path.join(out, "ckpt.pt")
+    if build and not done(ckpt, iters):
+        overrides = {**CPU_PRETRAIN, "n_layer": conf.n_layer, "max_iters": iters}
+        train.main(train.TrainConfig(**overrides, data_dir=prepared, out_dir=out, seed=seed, device=cfg.device,
+                                     resume=os.path.exists(ckpt)))
+    return ckpt
+
+
+def curriculum_seed(cfg: ComputeStudyConfig, root: str, seed: int, build: bool = True) -> dict[str, dict]:
+    """The arms of one seed (arm -> run description); with build, the data and the pretrainings they need first."""
+    raw, prepared = os.path.join(root, "synth"), os.path.join(root, "data")
+    if not os.path.exists(os.path.join(prepared, "meta.json")):
+        synth.main(CPU_SYNTH + ["--layout=lambada", f"--out_dir={raw}"])
+        data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
+                                        val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
+                                        tokenizer="word", workers=1))
+    meta = json.load(open(os.path.join(prepared, "meta.json")))
+    tok = from_meta(meta["tokenizer"])
+    conf = GPTConfig(block_size=CPU_PRETRAIN["block_size"], vocab_size=padded_vocab(tok.vocab_size),
+                     n_layer=CPU_PRETRAIN["n_layer"], n_head=CPU_PRETRAIN["n_head"], n_embd=CPU_PRETRAIN["n_embd"],
+                     pause_id=tok.pause_id)
+    train_file = os.path.join(raw, "train.jsonl")
+    prompt_len = len(tok.encode(tasks.load_task("lambada", train_file)[0].prefix))  # every question has n numbers
+    deep = deeper(conf, prompt_len, 2, cfg.m_ft)  # answer word + EOT decoded
+    pt_step = lambda c: flops.train_flops(c, CPU_PRETRAIN["batch_size"], c.block_size)
+    deep_pt_iters = round(cfg.pt_iters * pt_step(conf) / pt_step(deep))
+    std = pretrain(cfg, root, seed, prepared, conf, cfg.pt_iters, "StdPT",
+                   build and cfg.only_arm != "Deep_StdFT")
+    deep_ckpt = pretrain(cfg, root, seed, prepared, deep, deep_pt_iters, "StdPT_deep",
+                         build and cfg.only_arm in ("", "pretrain", "Deep_StdFT"))
+    base = lambda arm, init, m, iters, **kw: ft_config(cfg, os.path.join(root, f"seed{seed}", arm), init, train_file,
+                                                       seed, m, iters, **kw)
+    pause = base("PauseFT", std, cfg.m_ft, cfg.ft_iters)
+    plain = base("StdFT", std, 0, cfg.ft_iters)
+    pause_flops = mean_step_flops(pause, tok, conf) * cfg.ft_iters
+    runs = {"StdFT": plain, "PauseFT": pause,
+            "CurriculumFT": base("CurriculumFT", std, cfg.m_ft, cfg.ft_iters, cot=cfg.cot, cot_frac=cfg.cot_frac,
+                                 cot_mix=cfg.cot_mix),
+            "StdFT_matched": base("StdFT_matched", std, 0, round(pause_flops / mean_step_flops(plain, tok, conf))),
+            "Deep_StdFT": base("Deep_StdFT", deep_ckpt, 0, round(pause_flops / mean_step_flops(plain, tok, deep)))}
+    return {arm: {"ft": ft, "pt_log": os.path.join(os.path.dirname(ft.init_from), "log.jsonl"), "m_inf": int(ft.m_ft),
+                  "n_layer": (deep if arm == "Deep_StdFT" else conf).n_layer} for arm, ft in runs.items()}
+
+
+def separation_seed(cfg: ComputeStudyConfig, root: str, seed: int, build: bool = True) -> dict[str, dict]:
+    """The parity arms of one seed, each from its own random initialisation (a step-0 'pretrained' checkpoint)."""
+    task_dir = os.path.join(root, "task")
+    if not os.path.exists(os.path.join(task_dir, "test.jsonl")):
+        n_test = cfg.max_examples or 1000
+        separation.write_parity(task_dir, cfg.bits, tuple(cfg.train_bits), n_train=cfg.sep_n_train,
+                                n_val=max(1, n_test // 5), n_test=n_test)
+    tok = WordTokenizer(list(separation.WORDS))
+    conf = GPTConfig(block_size=2 * cfg.bits + 8, vocab_size=padded_vocab(tok.vocab_size), n_layer=cfg.sep_layers,
+                     n_head=4, n_embd=64, pause_id=tok.pause_id)
+    deep = deeper(conf, cfg.bits + 1, 2, cfg.bits)
+
+    def init(c: GPTConfig, name: str) -> str:
+        path = os.path.join(root, f"seed{seed}", name, "ckpt.pt")
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            torch.manual_seed(seed)
+            save_checkpoint(path, GPT(c), None, {"kind": "pretrain", "model": dataclasses.asdict(c), "step": 0,
+                                                  "tokenizer": tok.meta(), "config": {"pause_frac": 0.0}})
+        return path
+
+    train_file = os.path.join(task_dir, "train.jsonl")
+    base = lambda arm, c, m, iters: ft_config(cfg, os.path.join(root, f"seed{seed}", arm), init(c, f"init_{c.n_layer}L"),
+                                              train_file, seed, m, iters)
+    pause = base("Pause", conf, cfg.bits, cfg.sep_iters)
+    plain = base("NoPause", conf, 0, cfg.sep_iters)
+    pause_flops = mean_step_flops(pause, tok, conf) * cfg.sep_iters
+    runs = {"NoPause": plain, "Pause": pause,
+            "NoPause_3x": base("NoPause_3x", conf, 0, math.ceil(3 * pause_flops / mean_step_flops(plain, tok, conf))),
+            "Deep_NoPause": base("Deep_NoPause", deep, 0, round(pause_flops / mean_step_flops(plain, tok, deep)))}
+    return {arm: {"ft": ft, "pt_log": None, "m_inf": int(ft.m_ft), "n_layer": (deep if arm == "Deep_NoPause" else conf).n_layer}
+            for arm, ft in runs.items()}
+
+
+def test_file(cfg: ComputeStudyConfig, root: str) -> str:
+    return os.path.join(root, "synth" if cfg.experiment == "curriculum" else "task", "test.jsonl")
+
+
+def run_arm(cfg: ComputeStudyConfig, root: str, seed: int, arm: str, run: dict) -> dict:
+    """Finetune (if not done), evaluate at M_inf = M_ft (if not done), and return the arm's record with its FLOPs."""
+    ft = run["ft"]
+    run_ft(ft)
+    res_path = os.path.join(ft.out_dir, "results.json")
+    if os.path.exists(res_path):
+        res = json.load(open(res_path))
+    else:
+        res = evaluation.main(evaluation.EvalConfig(
+            ckpt=os.path.join(ft.out_dir, "ckpt.pt"), task="lambada", task_file=test_file(cfg, root), m_inf=[run["m_inf"]],
+            max_examples=cfg.max_examples, batch_size=256, max_new_tokens=4, out=res_path, device=cfg.device))
+    ledger = flops.run_totals(os.path.join(ft.out_dir, "log.jsonl"))
+    pre = flops.run_totals(run["pt_log"]) if run["pt_log"] else dict.fromkeys(flops.Ledger.KEYS, 0)
+    return {"arm": arm, "seed": seed, "value": res[0]["value"], "m_inf": run["m_inf"], "n_layer": run["n_layer"],
+            "ft_iters": ft.max_iters, "ft_flops": ledger["train_flops"], "pt_flops": pre["train_flops"],
+            "train_flops": ledger["train_flops"] + pre["train_flops"],
+            "infer_flops": res[0]["infer_flops_per_example"],
+            **{f"ft_{k}": ledger[k] for k in ("real_tokens", "pause_tokens", "pad_tokens")}}
+
+
+def paired(records: list[dict], arm: str, baseline: str) -> dict | None:
+    """arm minus baseline, seed by seed: mean, stderr of the mean difference, mean / stderr, wins."""
+    at = {(r["arm"], r["seed"]): r["value"] for r in records}
+    diffs = [at[(arm, s)] - at[(baseline, s)] for s in sorted({r["seed"] for r in records})
+             if (arm, s) in at and (baseline, s) in at]
+    if not diffs:
+        return None
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return {"arm": arm, "vs": baseline, "n_seeds": len(diffs), "mean_diff": statistics.fmean(diffs), "stderr": se,
+            "t": statistics.fmean(diffs) / se if se > 0 else float("nan"), "wins": sum(d > 0 for d in diffs),
+            "diffs": diffs}
+
+
+def summarize(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: list[str]) -> dict:
+    """summary.json, summary.md (per-arm table with FLOPs, paired differences) and the two FLOPs plots."""
+    rows = []
+    for arm in arms:
+        rs = [r for r in records if r["arm"] == arm]
+        if not rs:
+            continue
+        vals = [r["value"] for r in rs]
+        rows.append({"arm": arm, "n_seeds": len(rs), "mean": statistics.fmean(vals),
+                     "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                     **{k: statistics.fmean(r[k] for r in rs) for k in ("train_flops", "pt_flops", "ft_flops", "infer_flops",
+                                                                       "ft_real_tokens", "ft_pause_tokens", "ft_pad_tokens")},
+                     "m_inf": rs[0]["m_inf"], "n_layer": rs[0]["n_layer"], "ft_iters": rs[0]["ft_iters"]})
+    pairs = [p for a in PAUSE_ARMS[cfg.experiment] for b in [arms[0]] + MATCHED[cfg.experiment]
+             if (p := paired(records, a, b))]
+    summary = {"experiment": cfg.experiment, "config": dataclasses.asdict(cfg), "arms": rows, "paired": pairs,
+               "records": records}
+    with open(os.path.join(root, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    n_seeds = len({r["seed"] for r in records})
+    lines = [f"# Pauses at equal compute: {cfg.experiment}, {n_seeds} seed(s)", "",
+             "Exact match on the test questions at M_inf = M_ft, mean ± std over seeds. FLOPs from flops.py: training "
+             "= pretraining + finetuning as the ledger counted them; inference = per test example.", "",
+             "| arm | layers | M | steps | EM % | train TFLOPs | of which finetuning | inference MFLOPs/example | "
+             "finetuning tokens real / pause / pad (M) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['n_layer']} | {r['m_inf']} | {r['ft_iters']} | {100 * r['mean']:.1f} ± "
+                     f"{100 * r['std']:.1f} | {r['train_flops'] / 1e12:.2f} | {r['ft_flops'] / 1e12:.2f} | "
+                     f"{r['infer_flops'] / 1e6:.2f} | {r['ft_real_tokens'] / 1e6:.2f} / {r['ft_pause_tokens'] / 1e6:.2f} / "
+                     f"{r['ft_pad_tokens'] / 1e6:.2f} |")
+    lines += ["", "Paired differences (same seed), in points; stderr = std of the differences / √seeds:", "",
+              "| pause arm | vs | seeds | mean diff | stderr | mean/stderr | wins |", "|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        lines.append(f"| {p['arm']} | {p['vs']} | {p['n_seeds']} | {100 * p['mean_diff']:+.1f} | {100 * p['stderr']:.1f} | "
+                     f"{p['t']:.1f} | {p['wins']}/{p['n_seeds']} |")
+    with open(os.path.join(root, "summary.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    for key, label in (("train_flops", "training FLOPs (pretraining + finetuning)"),
+                       ("infer_flops", "inference FLOPs per example")):
+        flops_plot(rows, records, key, label, os.path.join(root, f"acc_vs_{key}.png"), cfg.experiment)
+    return summary
+
+
+def flops_plot(rows: list[dict], records: list[dict], key: str, label: str, out_png: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(rows):
+        color = f"C{i}"
+        pts = [x for x in records if x["arm"] == r["arm"]]
+        ax.scatter([x[key] for x in pts], [100 * x["value"] for x in pts], color=color, alpha=0.3, s=12)
+        ax.errorbar([r[key]], [100 * r["mean"]], yerr=[100 * r["std"]], fmt="o", color=color, capsize=3, label=r["arm"])
+    ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel("exact match, % (mean ± std; dots: seeds)")
+    ax.set_title(f"{title}: accuracy vs {label.split(' (')[0]}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def main(cfg: ComputeStudyConfig) -> dict | None:
+    if cfg.experiment not in EXPERIMENTS:
+        raise UserError(f"unknown --experiment={cfg.experiment!r}; choose {', '.join(EXPERIMENTS)}")
+    arms = EXPERIMENTS[cfg.experiment]
+    if cfg.only_arm not in ("", "pretrain", *arms):
+        raise UserError(f"--only_arm must be one of pretrain, {', '.join(arms)}; got {cfg.only_arm!r}")
+    if cfg.seeds < 1 or cfg.only_seed >= cfg.seeds:
+        raise UserError(f"--only_seed={cfg.only_seed} must be below --seeds={cfg.seeds} (>= 1)")
+    root = os.path.join(cfg.out_dir, cfg.experiment)
+    os.makedirs(root, exist_ok=True)
+    seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
+    setup = curriculum_seed if cfg.experiment == "curriculum" else separation_seed
+    records = []
+    for seed in seeds:
+        if cfg.aggregate:  # only what is finished
+            runs = setup(cfg, root, seed, build=False) if os.path.isdir(os.path.join(root, f"seed{seed}")) else {}
+            runs = {a: r for a, r in runs.items() if os.path.exists(os.path.join(r["ft"].out_dir, "results.json"))}
+        else:
+            t0 = time.time()
+            runs = setup(cfg, root, seed)
+            if cfg.only_arm == "pretrain":
+                continue
+            runs = {a: r for a, r in runs.items() if cfg.only_arm in ("", a)}
+        records += [run_arm(cfg, root, seed, arm, run) for arm, run in runs.items()]
+        if not cfg.aggregate:
+            print(f"seed {seed}: {', '.join(runs)} done in {(time.time() - t0) / 60:.1f} min")
+    if cfg.aggregate or cfg.only_seed < 0:
+        return summarize(cfg, root, records, arms)
+    return None
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(parse_config(ComputeStudyConfig, prog="compute_study.py")))
