@@ -131,7 +131,8 @@ def curriculum_seed(cfg: ComputeStudyConfig, root: str, seed: int, build: bool =
     """The arms of one seed (arm -> run description); with build, the data and the pretrainings they need first."""
     raw, prepared = os.path.join(root, "synth"), os.path.join(root, "data")
     if not os.path.exists(os.path.join(prepared, "meta.json")):
-        synth.main(CPU_SYNTH + ["--layout=lambada", f"--out_dir={raw}"])
+        # fixed n = 12: the chain of thought (the sorted numbers) then has exactly M_ft = 12 tokens
+        synth.main(CPU_SYNTH + ["--n=12", "--corpus_n=4,12", "--layout=lambada", f"--out_dir={raw}"])
         data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
                                         val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
                                         tokenizer="word", workers=1))

@@ -68,6 +68,9 @@ class StudyConfig:
     cpu_n: list[int] = opt([8, 16], "cpu preset: numbers per question, lo,hi (12 = the old fixed-length task)")
     seeds: int = opt(1, "repeat with seeds 0..N-1 (cpu preset: pretraining too); report mean ± std and paired differences")
     only_seed: int = opt(-1, "run only this seed and write no summary (parallel runs; then --seeds=N reuses them)")
+    arms: list[str] = opt([], "run only these arms (e.g. PausePT_PauseFT_rope); the others are left as they are")
+    aggregate_only: bool = opt(False, "train and evaluate nothing: summarise the results files already in out_dir "
+                                      "(e.g. copied from another machine without checkpoints); arms without one are left out")
     ft_iters: int = opt(1000, "finetuning steps")
     ft_batch_size: int = opt(16, "finetuning batch size")
     ft_lr: float = opt(1e-4, "finetuning peak learning rate")
@@ -162,12 +165,16 @@ def matched_iters(cfg: StudyConfig, train_file: str, ckpt: str, pauses: float) -
     return round(cfg.ft_iters * (n_std + pauses * len(examples)) / n_std)
 
 
-def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, str]) -> list[dict]:
-    """Finetune and evaluate every arm for one seed on every split; finished runs and results are reused."""
+def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, str],
+             runs: list[dict] | None = None) -> list[dict]:
+    """Finetune and evaluate every arm (of `runs`) for one seed on every split; finished runs and results are reused."""
     records = []
-    for v in variants(cfg):
+    for v in runs or variants(cfg):
         ckpt = os.path.join(cfg.out_dir, f"seed{seed}", v.get("source", v["name"]), "ckpt.pt")
         iters = cfg.ft_iters
+        if cfg.aggregate_only:
+            records += saved_records(cfg, seed, v)
+            continue
         if "matched" in v:
             iters = matched_iters(cfg, files["train"], pre[v["pt"]], v["matched"])
         if "source" not in v and not finished(ckpt, iters):
@@ -192,6 +199,22 @@ def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, 
                     device=cfg.device, dtype=cfg.dtype))
             records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
                          "seed": seed, "split": split, "ft_iters": iters} for r in res]
+    return records
+
+
+def saved_records(cfg: StudyConfig, seed: int, v: dict) -> list[dict]:
+    """An arm's records from its results files alone, its steps from its training log (--aggregate_only)."""
+    run = os.path.join(cfg.out_dir, f"seed{seed}", v.get("source", v["name"]))
+    if not os.path.exists(os.path.join(run, "log.jsonl")):
+        return []
+    with open(os.path.join(run, "log.jsonl")) as f:
+        iters = max(r.get("step", 0) for r in map(json.loads, f))
+    records = []
+    for split in SPLITS:
+        path = os.path.join(cfg.out_dir, f"seed{seed}", v["name"], f"results_{split}.json")
+        if os.path.exists(path):
+            records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
+                         "seed": seed, "split": split, "ft_iters": iters} for r in json.load(open(path))]
     return records
 
 
@@ -324,26 +347,43 @@ def main(cfg: StudyConfig) -> None:
     if cfg.rope and cfg.preset != "cpu":
         raise UserError("--rope pretrains its own models: it needs --preset=cpu")
     runs = variants(cfg)
+    unknown = set(cfg.arms) - {v["name"] for v in runs}
+    if unknown:
+        raise UserError(f"--arms: no arm {sorted(unknown)[0]!r} in this study; it has {', '.join(v['name'] for v in runs)}")
+    if cfg.arms:
+        sources = {a.get("source") for a in runs if a["name"] in cfg.arms}  # an evaluation-only arm needs its source
+        runs = [v for v in runs if v["name"] in cfg.arms or v["name"] in sources]
     seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
     records, logs = [], {}
     for seed in seeds:
-        if cfg.preset == "cpu":
+        if cfg.aggregate_only:
+            pre, files = {}, {}
+        elif cfg.preset == "cpu":
             files = cpu_data(cfg)
             pre = cpu_pretrain(cfg, seed, files["data"], sorted({v["pt"] for v in runs}))
         else:
             pre = {"StdPT": cfg.std_ckpt, "PausePT": cfg.pause_ckpt}
             files = {"train": cfg.task_train or tasks.default_path(cfg.task, "train"), "val": cfg.task_val,
                      "test": cfg.task_eval or tasks.default_path(cfg.task, "eval")}
-        records += run_seed(cfg, seed, pre, files)
+        records += run_seed(cfg, seed, pre, files, runs)
         if seed == 0:
-            logs = {name: os.path.join(os.path.dirname(pre[name]), "log.jsonl") for name in ("StdPT", "PausePT")}
+            logs = {name: os.path.join(cfg.out_dir, "seed0", name, "log.jsonl") for name in ("StdPT", "PausePT")}
+            if cfg.preset != "cpu" and not cfg.aggregate_only:
+                logs = {name: os.path.join(os.path.dirname(pre[name]), "log.jsonl") for name in ("StdPT", "PausePT")}
             logs |= {v["name"]: os.path.join(cfg.out_dir, "seed0", v["name"], "log.jsonl") for v in runs}
     if cfg.only_seed >= 0:
         print(f"seed {cfg.only_seed} done in {(time.time() - t0) / 60:.1f} min; --seeds=N writes the summary")
         return
+    if cfg.aggregate_only:
+        runs = [v for v in runs if any(r["variant"] == v["name"] for r in records)]
+        if not runs:
+            raise UserError(f"no results files under {cfg.out_dir}/seed*/ to summarise")
     summary = write_summary(cfg, records, runs, time.time() - t0)
     metric, agg = summary["metric"], [a for a in summary["aggregated"] if a.get("split", "test") == "test"]
     plots.minf_curve(agg, cfg.task, metric, os.path.join(cfg.out_dir, "minf_curve.png"))
+    headline = {BASELINE, "StdPT_PauseFT", "PausePT_PauseFT", "StdPT_PauseFT_rand", "PausePT_PauseFT_rand"}
+    plots.minf_curve([a for a in agg if a["variant"] in headline], cfg.task, metric,  # the paper's Figure 4, uncluttered
+                     os.path.join(cfg.out_dir, "minf_curve_pauseft.png"))
     plots.variants_bar(agg, cfg.task, metric, os.path.join(cfg.out_dir, "variants.png"))
     existing = {k: p for k, p in logs.items() if os.path.exists(p)}
     pre_logs = {k: p for k, p in existing.items() if k in ("StdPT", "PausePT")}

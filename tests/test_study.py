@@ -107,6 +107,14 @@ def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, 
     mtime = os.path.getmtime(ckpt)
     study.main(dataclasses.replace(cfg, seeds=2))
     assert os.path.getmtime(ckpt) == mtime and (tmp_path / "summary.json").exists()
+    before = json.load(open(tmp_path / "summary.json"))["records"]
+    # results copied from another machine without their checkpoints: summarised, nothing retrained
+    for p in tmp_path.glob("seed*/*/ckpt.pt"):
+        p.unlink()
+    study.main(dataclasses.replace(cfg, seeds=2, aggregate_only=True))
+    assert json.load(open(tmp_path / "summary.json"))["records"] == before and not list(tmp_path.glob("seed*/*/ckpt.pt"))
+    with pytest.raises(study.UserError):
+        study.main(dataclasses.replace(cfg, arms=["NoSuchArm"]))
 
 
 def test_matched_steps_follow_the_stated_formula(tmp_path):
