@@ -101,10 +101,10 @@ def cpu_data(cfg: StudyConfig) -> dict[str, str]:
         if not os.path.exists(os.path.join(raw, "test.jsonl")):
             synth.main(CPU_SYNTH + [f"--n={n_lo},{n_hi}", f"--corpus_n=4,{max(n_hi, 12)}", f"--layout={cfg.task}",
                                     f"--out_dir={raw}"])
-        if not os.path.exists(os.path.join(prepared, "meta.json")):
-            data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
-                                            val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
-                                            tokenizer="word", workers=1))
+        # always: prepare is resumable and skips verified shards, so an interrupted one is finished here
+        data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
+                                        val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
+                                        tokenizer="word", workers=1))
     return {"data": prepared, **{s: os.path.join(raw, f"{s}.jsonl") for s in ("train", "val", "test")}}
 
 
