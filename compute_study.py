@@ -32,6 +32,7 @@ import data
 import eval as evaluation
 import finetune
 import flops
+import plots
 import separation
 import synth
 import tasks
@@ -275,28 +276,8 @@ def summarize(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: lis
     print("\n".join(lines))
     for key, label in (("train_flops", "training FLOPs (pretraining + finetuning)"),
                        ("infer_flops", "inference FLOPs per example")):
-        flops_plot(rows, records, key, label, os.path.join(root, f"acc_vs_{key}.png"), cfg.experiment)
+        plots.accuracy_vs_flops(rows, records, key, label, os.path.join(root, f"acc_vs_{key}.png"), cfg.experiment)
     return summary
-
-
-def flops_plot(rows: list[dict], records: list[dict], key: str, label: str, out_png: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, r in enumerate(rows):
-        color = f"C{i}"
-        pts = [x for x in records if x["arm"] == r["arm"]]
-        ax.scatter([x[key] for x in pts], [100 * x["value"] for x in pts], color=color, alpha=0.3, s=12)
-        ax.errorbar([r[key]], [100 * r["mean"]], yerr=[100 * r["std"]], fmt="o", color=color, capsize=3, label=r["arm"])
-    ax.set_xscale("log")
-    ax.set_xlabel(label)
-    ax.set_ylabel("exact match, % (mean ± std; dots: seeds)")
-    ax.set_title(f"{title}: accuracy vs {label.split(' (')[0]}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
 
 
 def main(cfg: ComputeStudyConfig) -> dict | None:

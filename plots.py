@@ -232,3 +232,21 @@ def loss_curves(logs: dict[str, str], out_png: str, title: str = "", smooth: int
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, out_png, {"title": title, "runs": runs})
+
+
+def accuracy_vs_flops(rows: list[dict], records: list[dict], key: str, label: str, out_png: str, title: str) -> str:
+    """Accuracy against FLOPs (`key` of each row and record): an arm's mean ± std (rows: arm, mean, std, key)
+    over its seeds (records: arm, value, key), the seeds as faint dots; log x axis."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(rows):
+        pts = [x for x in records if x["arm"] == r["arm"]]
+        ax.scatter([x[key] for x in pts], [100 * x["value"] for x in pts], color=f"C{i}", alpha=0.3, s=12)
+        ax.errorbar([r[key]], [100 * r["mean"]], yerr=[100 * r["std"]], fmt="o", color=f"C{i}", capsize=3,
+                    label=r["arm"])
+    ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel("accuracy, % (mean ± std; dots: seeds)")
+    ax.set_title(f"{title}: accuracy vs {label.split(' (')[0]}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out_png, {"rows": rows, "key": key})

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import data
 import eval as evaluation
 import finetune
+import flops
 import plots
 import synth
 import tasks
@@ -198,8 +199,21 @@ def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, 
                     filler=v.get("eval_filler", ""), batch_size=cfg.eval_batch_size, out=res_path,
                     device=cfg.device, dtype=cfg.dtype))
             records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
-                         "seed": seed, "split": split, "ft_iters": iters} for r in res]
+                         "seed": seed, "split": split, "ft_iters": iters,
+                         **ledger_fields(os.path.join(os.path.dirname(ckpt), "log.jsonl"),
+                                         os.path.join(os.path.dirname(pre[v["pt"]]), "log.jsonl"))} for r in res]
     return records
+
+
+def ledger_fields(ft_log: str, pt_log: str) -> dict:
+    """An arm's training FLOPs (its pretraining's + its finetuning's, from the ledgers in their logs) and its
+    finetuning tokens, real / pause / pad; nothing for runs logged before the ledger existed."""
+    ft = flops.run_totals(ft_log) if os.path.exists(ft_log) else {}
+    if not ft.get("train_flops"):
+        return {}
+    pt = flops.run_totals(pt_log) if os.path.exists(pt_log) else {}
+    return {"train_flops": ft["train_flops"] + pt.get("train_flops", 0), "ft_flops": ft["train_flops"],
+            **{f"ft_{k}": ft[k] for k in ("real_tokens", "pause_tokens", "pad_tokens")}}
 
 
 def saved_records(cfg: StudyConfig, seed: int, v: dict) -> list[dict]:
@@ -213,8 +227,10 @@ def saved_records(cfg: StudyConfig, seed: int, v: dict) -> list[dict]:
     for split in SPLITS:
         path = os.path.join(cfg.out_dir, f"seed{seed}", v["name"], f"results_{split}.json")
         if os.path.exists(path):
+            cost = ledger_fields(os.path.join(run, "log.jsonl"),
+                                 os.path.join(cfg.out_dir, f"seed{seed}", v["pt"], "log.jsonl"))
             records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
-                         "seed": seed, "split": split, "ft_iters": iters} for r in json.load(open(path))]
+                         "seed": seed, "split": split, "ft_iters": iters, **cost} for r in json.load(open(path))]
     return records
 
 
@@ -385,6 +401,7 @@ def main(cfg: StudyConfig) -> None:
     plots.minf_curve([a for a in agg if a["variant"] in headline], cfg.task, metric,  # the paper's Figure 4, uncluttered
                      os.path.join(cfg.out_dir, "minf_curve_pauseft.png"))
     plots.variants_bar(agg, cfg.task, metric, os.path.join(cfg.out_dir, "variants.png"))
+    flops_plots(cfg, [r for r in summary["records"] if r["split"] == "test" and r["metric"] == metric], runs)
     existing = {k: p for k, p in logs.items() if os.path.exists(p)}
     pre_logs = {k: p for k, p in existing.items() if k in ("StdPT", "PausePT")}
     if pre_logs:
@@ -392,6 +409,26 @@ def main(cfg: StudyConfig) -> None:
     plots.loss_curves({k: p for k, p in existing.items() if k not in pre_logs},
                       os.path.join(cfg.out_dir, "finetune_loss.png"), "finetuning (seed 0)")
     print(f"study written to {cfg.out_dir} in {(time.time() - t0) / 60:.1f} min")
+
+
+def flops_plots(cfg: StudyConfig, records: list[dict], runs: list[dict]) -> None:
+    """Accuracy vs training FLOPs and vs inference FLOPs per example, each arm at its own M_inf (test split);
+    only for results whose runs carry the FLOPs ledger."""
+    at = {v["name"]: v["m_ft"] for v in runs}
+    pts = [{"arm": r["variant"], "value": r["value"], "train_flops": r["train_flops"],
+            "infer_flops": r["infer_flops_per_example"]} for r in records
+           if r["m_inf"] == at.get(r["variant"]) and "train_flops" in r and "infer_flops_per_example" in r]
+    rows = []
+    for v in runs:
+        ps = [p for p in pts if p["arm"] == v["name"]]
+        if ps:
+            vals = [p["value"] for p in ps]
+            rows.append({"arm": v["name"], "mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1
+                         else 0.0, **{k: statistics.fmean(p[k] for p in ps) for k in ("train_flops", "infer_flops")}})
+    for key, label in (("train_flops", "training FLOPs (pretraining + finetuning)"),
+                       ("infer_flops", "inference FLOPs per example")):
+        if rows:
+            plots.accuracy_vs_flops(rows, pts, key, label, os.path.join(cfg.out_dir, f"acc_vs_{key}.png"), cfg.task)
 
 
 def cli() -> None:

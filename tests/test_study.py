@@ -77,7 +77,14 @@ def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
     assert all(p["n_seeds"] == 2 for p in summary["paired"])
     matched = next(r for r in summary["records"] if r["variant"] == "StdPT_StdFT_matched")
     assert matched["ft_iters"] > 4  # more steps: as many tokens as PauseFT, pauses counted
-    for f in ("summary.md", "minf_curve.png", "variants.png", "pretrain_loss.png", "finetune_loss.png"):
+    # the FLOPs ledger: PauseFT costs more than StdFT from the same pretraining, the matched baseline as much
+    cost = {r["variant"]: r for r in summary["records"] if r["seed"] == 0 and r["split"] == "test" and r["m_inf"] == 3}
+    assert cost["StdPT_PauseFT"]["train_flops"] > cost["StdPT_StdFT"]["train_flops"]
+    assert cost["StdPT_PauseFT"]["ft_pause_tokens"] == 3 * 8 * 4 and cost["StdPT_StdFT"]["ft_pause_tokens"] == 0
+    at0 = {r["variant"]: r for r in summary["records"] if r["seed"] == 0 and r["split"] == "test" and r["m_inf"] == 0}
+    assert cost["StdPT_PauseFT"]["infer_flops_per_example"] > at0["StdPT_StdFT"]["infer_flops_per_example"]
+    for f in ("summary.md", "minf_curve.png", "variants.png", "pretrain_loss.png", "finetune_loss.png",
+              "acc_vs_train_flops.png", "acc_vs_infer_flops.png"):
         assert os.path.getsize(tmp_path / f) > 1000
     assert "PausePT_PauseFT" in (tmp_path / "summary.md").read_text()
     # a second run reuses every finished run and result
