@@ -51,12 +51,18 @@ def test_aggregate_means_over_seeds_with_their_standard_error():
     assert a["stderr"] == pytest.approx(a["std"] / math.sqrt(3))
 
 
-def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "CPU_SYNTH", ["--lo=0", "--hi=16", "--n_train=300", "--n_val=30", "--n_test=40",
-                                             "--corpus_docs=40", "--val_docs=10", "--problems_per_doc=16"])
+def tiny_cpu_preset(monkeypatch, n_train: int, n_held_out: int, docs: int, pt_iters: int) -> None:
+    """The cpu preset shrunk to seconds: a small synthetic task and corpus, a 1-layer 16-wide model."""
+    monkeypatch.setattr(study, "CPU_SYNTH", ["--lo=0", "--hi=16", f"--n_train={n_train}", f"--n_val={n_held_out}",
+                                             f"--n_test={n_held_out}", f"--corpus_docs={docs}",
+                                             f"--val_docs={docs // 4}", "--problems_per_doc=16"])
     monkeypatch.setattr(study, "CPU_PRETRAIN", {**study.CPU_PRETRAIN, "n_layer": 1, "n_embd": 16, "n_head": 2,
-                                                "block_size": 48, "batch_size": 8, "max_iters": 6, "eval_interval": 3,
-                                                "eval_iters": 2, "warmup_iters": 1})
+                                                "block_size": 48, "batch_size": 8, "max_iters": pt_iters,
+                                                "eval_interval": 3, "eval_iters": 1, "warmup_iters": 1})
+
+
+def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
+    tiny_cpu_preset(monkeypatch, n_train=300, n_held_out=30, docs=40, pt_iters=6)
     argv = ["--preset=cpu", f"--out_dir={tmp_path}", "--seeds=2", "--ft_iters=4", "--ft_batch_size=8",
             "--m_ft=3", "--m_inf=0,3", "--max_examples=20", "--device=cpu", "--cpu_n=4,6"]
     cfg = study.apply_preset(study.parse_config(study.StudyConfig, argv), argv)
@@ -95,11 +101,7 @@ def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
 
 
 def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "CPU_SYNTH", ["--lo=0", "--hi=16", "--n_train=200", "--n_val=20", "--n_test=20",
-                                             "--corpus_docs=20", "--val_docs=5", "--problems_per_doc=16"])
-    monkeypatch.setattr(study, "CPU_PRETRAIN", {**study.CPU_PRETRAIN, "n_layer": 1, "n_embd": 16, "n_head": 2,
-                                                "block_size": 48, "batch_size": 8, "max_iters": 3, "eval_interval": 3,
-                                                "eval_iters": 1, "warmup_iters": 1})
+    tiny_cpu_preset(monkeypatch, n_train=200, n_held_out=20, docs=20, pt_iters=3)
     argv = ["--preset=cpu", f"--out_dir={tmp_path}", "--ft_iters=2", "--ft_batch_size=4", "--m_ft=2", "--m_inf=2",
             "--device=cpu", "--cpu_n=4,5", "--compute_matched=false", "--finetune_filler=", "--inference_filler=",
             "--random_m_ft=0:4", "--rope"]

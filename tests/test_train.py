@@ -190,3 +190,21 @@ def test_resume_a_checkpoint_written_before_a_config_field_existed(data_dir, tmp
     torch.save(ckpt, tmp_path / "ckpt.pt")
     train.main(parse_config(TrainConfig, args + ["--max_iters=3", "--resume"]))
     assert load_checkpoint(str(tmp_path / "ckpt.pt"))["meta"]["step"] == 3
+
+
+def test_rng_state_loaded_onto_another_device_is_restored():
+    """A checkpoint loaded with map_location=cuda holds its RNG states on the GPU, where torch.set_rng_state
+    refuses them (a resume on GPU crashed); set_rng_state brings them back to the CPU first."""
+    from common import rng_state, set_rng_state
+
+    class OnGPU:  # what torch.load(map_location="cuda") gives: not a CPU ByteTensor until .cpu()
+        def __init__(self, t):
+            self.t = t
+
+        def cpu(self):
+            return self.t
+
+    state = rng_state()
+    expected = torch.rand(3)
+    set_rng_state({"cpu": OnGPU(state["cpu"])})
+    assert torch.equal(torch.rand(3), expected)
