@@ -23,8 +23,9 @@ import flops
 import metrics
 import tasks
 from common import UserError, ensure_writable_file, opt, parse_config, run_main, setup_runtime, write_json
-from finetune import pause_id_for, pretrain_pause_frac
+from finetune import pretrain_pause_frac
 from sample import banned_tokens, generate, load_model, prompt_in_block
+from tokenizer import pause_id_for
 
 
 @dataclass

@@ -17,6 +17,7 @@ from common import (UserError, ensure_writable_dir, load_checkpoint, opt, parse_
                     teardown)
 from model import GPTConfig
 from sample import load_model, prompt_in_block
+from tokenizer import pause_id_for
 from train import LoopConfig, fit, start
 
 
@@ -30,10 +31,6 @@ class FinetuneConfig(LoopConfig):
                          "drawn uniformly from lo..hi for each example of each batch (beyond the paper)")
     filler: str = opt("", "ablation: this ordinary one-token text (e.g. '.') instead of <pause>")
     prepend: bool = opt(False, "ablation: put the pauses before the prefix instead of after it")
-    cot: str = opt("", "chain-of-thought -> pause curriculum (curriculum.py; largest-gap task): '' = off, "
-                       "'sorted' or 'gaps' = the CoT whose tokens are replaced by pauses one stage at a time")
-    cot_frac: float = opt(0.5, "curriculum: share of the steps spent walking stages 0..C-1; the rest is PauseFT's format")
-    cot_mix: float = opt(0.3, "curriculum: probability that an example is drawn from an earlier stage")
     max_examples: int = opt(0, "use only the first N examples of the file (0 = all)")
     val_frac: float = opt(0.05, "held-out share of the examples for the validation loss")
     # finetuning defaults of the loop options (see train.py)
@@ -46,16 +43,6 @@ class FinetuneConfig(LoopConfig):
     eval_interval: int = opt(200, "validation loss every this many steps (and at the end)")
     eval_iters: int = opt(10, "validation batches per evaluation")
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
-
-
-def pause_id_for(tok, filler: str) -> int:
-    """The token placed between prefix and target: <pause>, or for the filler ablation an ordinary one."""
-    if not filler:
-        return tok.pause_id
-    ids = tok.encode(filler.replace("\\n", "\n"))  # "\n" typed on a command line means a newline
-    if len(ids) != 1:
-        raise UserError(f"--filler={filler!r} must be exactly one token, it is {len(ids)}")
-    return ids[0]
 
 
 def parse_m_ft(m_ft) -> tuple[int, int]:
@@ -144,7 +131,9 @@ def finetune_eval(model, data: FinetuneData, cfg: FinetuneConfig, rt) -> dict:
     return {"val_loss": sum(losses) / len(losses)}
 
 
-def main(cfg: FinetuneConfig) -> None:
+def main(cfg: FinetuneConfig, make_data=None) -> None:
+    """Finetune; `make_data(cfg, tok, block_size)` builds the batches (default FinetuneData; experiments plug in
+    their own, e.g. experiments/curriculum.py)."""
     cfg.validate()
     ensure_writable_dir(cfg.out_dir)  # before the model and the task are loaded
     m_lo, m_hi = parse_m_ft(cfg.m_ft)
@@ -154,15 +143,14 @@ def main(cfg: FinetuneConfig) -> None:
     try:
         _, tok, pre = load_model(cfg.init_from, "cpu", cfg.bpe_file or None)
         gpt_config = GPTConfig(**{**pre["model"], "dropout": cfg.dropout})
-        from curriculum import CurriculumData  # it builds on FinetuneData
-        data = (CurriculumData if cfg.cot else FinetuneData)(cfg, tok, gpt_config.block_size)
+        data = (make_data or FinetuneData)(cfg, tok, gpt_config.block_size)
         model, optimizer, step, log = start(cfg, rt, gpt_config)
         if not cfg.resume:  # start from the pretrained weights (the optimizer starts afresh)
             model.load_state_dict(load_checkpoint(cfg.init_from, rt.device)["model"])
         meta = {"kind": "finetune", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
                 "tokenizer": pre["tokenizer"], "task": cfg.task, "filler": cfg.filler,
                 "m_ft": m_hi, "m_ft_range": [m_lo, m_hi],  # a range's default M_inf is its largest value
-                "prepend": cfg.prepend, "cot": cfg.cot, "pretrain_pause_frac": pretrain_pause_frac(pre)}
+                "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre)}
         fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
     finally:
         teardown(rt)

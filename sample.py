@@ -11,7 +11,7 @@ import torch
 
 from common import UserError, at_least, load_checkpoint, opt, parse_config, run_main, setup_runtime
 from model import GPT, GPTConfig
-from tokenizer import from_meta
+from tokenizer import from_meta, pause_id_for
 
 
 @dataclass
@@ -154,7 +154,6 @@ def main(cfg: SampleConfig) -> None:
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"--prompt={cfg.prompt}: cannot read it as text ({e})") from None
     text = text.replace("\\n", "\n")
-    from finetune import pause_id_for  # here, not at the top: finetune.py imports this file
     # the pauses a checkpoint was finetuned with (a filler token, before the prompt) are the ones it expects
     pause = pause_id_for(tok, cfg.filler or meta.get("filler", ""))
     prompt = with_pauses(tok.encode(text), m_inf, pause, cfg.prepend or meta.get("prepend", False))

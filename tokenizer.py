@@ -187,6 +187,16 @@ def from_meta(meta: dict, bpe_file: str | None = None):
     raise UserError(f"meta.json names an unknown tokenizer {kind!r}")
 
 
+def pause_id_for(tok, filler: str) -> int:
+    """The token placed between prefix and target: <pause>, or for the filler ablation an ordinary one."""
+    if not filler:
+        return tok.pause_id
+    ids = tok.encode(filler.replace("\\n", "\n"))  # "\n" typed on a command line means a newline
+    if len(ids) != 1:
+        raise UserError(f"--filler={filler!r} must be exactly one token, it is {len(ids)}")
+    return ids[0]
+
+
 # -------------------- fetch: the GPT-2 BPE file from PyPI, for machines that reach only a package registry
 WHISPER = "openai-whisper==20250625"  # its sdist ships whisper/assets/gpt2.tiktoken, byte-identical to r50k_base
 

@@ -12,11 +12,13 @@ from common import parse_config, run_main, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [("train", "TrainConfig"), ("finetune", "FinetuneConfig"), ("sample", "SampleConfig"),
-           ("eval", "EvalConfig"), ("study", "StudyConfig"), ("bench", "BenchConfig"), ("synth", "SynthConfig"),
+           ("eval", "EvalConfig"), ("experiments.study", "StudyConfig"), ("bench", "BenchConfig"),
+           ("experiments.synth", "SynthConfig"), ("experiments.compute_study", "ComputeStudyConfig"),
+           ("experiments.separation", "ParityConfig"), ("experiments.curriculum", "CurriculumConfig"),
            ("tasks", "DownloadTasksConfig"), ("data", "PrepareConfig"), ("data", "DownloadConfig"),
            ("data", "InjectConfig"), ("data", "ShowConfig")]
-SCRIPTS = ["train.py", "finetune.py", "sample.py", "eval.py", "study.py", "bench.py", "synth.py",
-           "tasks.py download", "data.py prepare"]
+SCRIPTS = ["train.py", "finetune.py", "sample.py", "eval.py", "bench.py", "tasks.py download", "data.py prepare",
+           "-m experiments.study", "-m experiments.synth", "-m experiments.compute_study", "-m experiments.curriculum"]
 
 
 @pytest.mark.parametrize("module,name", CONFIGS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common import UserError
-from curriculum import CurriculumData, largest_gap_cot, stage_at, stage_example
+from experiments.curriculum import CurriculumConfig, CurriculumData, largest_gap_cot, stage_at, stage_example
 from finetune import FinetuneConfig, FinetuneData
 from tokenizer import WordTokenizer
 
@@ -53,12 +53,12 @@ def test_schedule_walks_one_token_at_a_time_then_stays_at_pauseft():
 def test_curriculum_batches_end_as_pauseft_and_mix_earlier_stages(task_file):
     tok = WordTokenizer.build([WORDS])
     kw = dict(task="lambada", task_file=task_file, m_ft="6", batch_size=32, val_frac=0.1, seed=3, max_iters=100)
-    data = CurriculumData(FinetuneConfig(cot="sorted", cot_frac=0.5, cot_mix=0.3, **kw), tok, 64)
+    data = CurriculumData(CurriculumConfig(cot="sorted", cot_frac=0.5, cot_mix=0.3, **kw), tok, 64)
     plain = FinetuneData(FinetuneConfig(**kw), tok, 64)
     assert data.n_cot == 6
     x, y = data.batch(0)
     assert (x == tok.pause_id).sum() == 0  # stage 0: the full chain of thought
-    unmixed = CurriculumData(FinetuneConfig(cot="sorted", cot_frac=0.5, cot_mix=0.0, **kw), tok, 64)
+    unmixed = CurriculumData(CurriculumConfig(cot="sorted", cot_frac=0.5, cot_mix=0.0, **kw), tok, 64)
     x, y = unmixed.batch(99)
     px, py = plain.batch(99)
     assert x.tolist() == px.tolist() and y.tolist() == py.tolist()  # final stage, no mixing: exactly PauseFT

@@ -387,7 +387,7 @@ def scripts_writing_under(blocker: str, char_data: str) -> dict:
     """Each script's main, with its output under `blocker`, a file where a directory should be."""
     import eval as evaluation
     import finetune
-    import synth
+    from experiments import synth
     out = os.path.join(blocker, "out")
     return {
         "train": lambda: train.main(train_cfg(char_data, out)),

@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-import compute_study
+from experiments import compute_study
 import flops
 from common import UserError
 from model import GPTConfig
-from separation import parity_text, write_parity
+from experiments.separation import parity_text, write_parity
 
 
 def test_parity_labels_by_hand():

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-import study
+from experiments import study
 
 
 def rec(variant, seed, m_inf, value, metric="em"):

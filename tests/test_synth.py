@@ -9,7 +9,7 @@ import pytest
 
 from common import UserError
 import tasks
-from synth import (TRAIN_CORPUS, VAL_CORPUS, largest_gap, main, make_question, problem_text, task_text,
+from experiments.synth import (TRAIN_CORPUS, VAL_CORPUS, largest_gap, main, make_question, problem_text, task_text,
                    write_corpus, write_task)
 from tokenizer import WordTokenizer
 

@@ -6,8 +6,8 @@ compute-matched baselines. --seeds=N repeats everything and reports mean ± std 
 
 Every choice (steps, lr, M_ft, layout) is made on the validation split; the test split is only reported.
 
-    python study.py --preset=cpu                     # the whole CPU demo (synthetic data, both pretrainings)
-    python study.py --task=gsm8k --std_ckpt=out/std/ckpt.pt --pause_ckpt=out/pause/ckpt.pt --m_ft=10
+    python -m experiments.study --preset=cpu                     # the whole CPU demo (synthetic data, both pretrainings)
+    python -m experiments.study --task=gsm8k --std_ckpt=out/std/ckpt.pt --pause_ckpt=out/pause/ckpt.pt --m_ft=10
 """
 import dataclasses
 import fcntl
@@ -23,10 +23,10 @@ import eval as evaluation
 import finetune
 import flops
 import plots
-import synth
 import tasks
 import train
 from common import UserError, load_checkpoint, load_toml, opt, parse_config, run_main
+from experiments import synth
 
 VARIANTS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
 BASELINE = "StdPT_StdFT"
@@ -40,7 +40,8 @@ CPU_PRESET = {"task": "lambada", "m_ft": 12, "m_inf": [0, 3, 6, 12, 18, 24], "fi
               "inference_filler": ".", "compute_matched": True, "ft_iters": 2500, "ft_batch_size": 64, "ft_lr": 1e-3,
               "max_examples": 1000}
 CPU_SYNTH = ["--lo=0", "--hi=64", "--n_train=20000", "--n_val=1000", "--n_test=1000", "--corpus_docs=2000"]
-CPU_PRETRAIN = load_toml(train.TrainConfig, os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "tiny.toml"))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_PRETRAIN = load_toml(train.TrainConfig, os.path.join(REPO, "config", "tiny.toml"))
 
 
 @dataclass
@@ -433,7 +434,7 @@ def flops_plots(cfg: StudyConfig, records: list[dict], runs: list[dict]) -> None
 
 def cli() -> None:
     import sys
-    cfg = parse_config(StudyConfig, prog="study.py")
+    cfg = parse_config(StudyConfig, prog="python -m experiments.study")
     main(apply_preset(cfg, sys.argv[1:]))
 
 

@@ -1,4 +1,4 @@
-"""A chain-of-thought -> pause curriculum for finetuning (finetune.py --cot=sorted), after Coconut's "pause as
+"""A chain-of-thought -> pause curriculum for finetuning (`python -m experiments.curriculum --cot=sorted ...`), after Coconut's "pause as
 thought" ablation (Hao et al. 2024): first teach the answer through a short chain of thought, then replace
 its tokens by pauses one at a time, until the example is exactly PauseFT's.
 
@@ -17,13 +17,25 @@ ones, a question every position can answer independently, so one pause can stand
 pretraining corpus already contains sort problems, so these are familiar tokens. `gaps`: the differences of
 consecutive sorted values (the answer is their maximum); each needs two such rank queries and a subtraction.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from common import UserError
-from finetune import FinetuneData, assemble, collate
+import finetune
+from common import UserError, opt, parse_config, run_main
+from finetune import FinetuneConfig, FinetuneData, assemble, collate
 
 COT_KINDS = ("sorted", "gaps")
+
+
+@dataclass
+class CurriculumConfig(FinetuneConfig):
+    """finetune.py's options plus the curriculum's: finetune through a CoT whose tokens become pauses."""
+    cot: str = opt("sorted", "the chain of thought whose tokens are replaced by pauses one stage at a time: "
+                             "sorted or gaps (largest-gap task)")
+    cot_frac: float = opt(0.5, "share of the steps spent walking stages 0..C-1; the rest is PauseFT's format")
+    cot_mix: float = opt(0.3, "probability that an example is drawn from an earlier stage")
 
 
 def largest_gap_cot(prefix: str, kind: str) -> str:
@@ -79,3 +91,8 @@ class CurriculumData(FinetuneData):
             prefix, target = self.ids[i]
             rows.append(stage_example(prefix, self.cot[i], target, int(k), self.m_hi, self.pause, self.block_size))
         return collate(rows)
+
+
+if __name__ == "__main__":  # finetune.py's loop, with the curriculum's batches plugged in
+    run_main(lambda: finetune.main(parse_config(CurriculumConfig, prog="python -m experiments.curriculum"),
+                                   make_data=CurriculumData))

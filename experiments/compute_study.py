@@ -1,4 +1,4 @@
-"""Pauses at equal compute (issue 14): two experiments whose every result carries its FLOPs (flops.py), each
+"""Pauses at equal compute: two experiments whose every result carries its FLOPs (flops.py), each
 pause arm paired, seed by seed, with no-pause baselines matched in training and in inference FLOPs.
 
   curriculum  the cpu study's largest-gap task, corpus and 3-layer StdPT pretraining (study.py --preset=cpu);
@@ -12,9 +12,9 @@ pause arm paired, seed by seed, with no-pause baselines matched in training and 
 
 Every arm of every seed is its own folder and can run as its own process; a second call reuses finished work:
 
-    python compute_study.py --experiment=curriculum --only_seed=0                  # one seed, every arm
-    python compute_study.py --experiment=curriculum --only_seed=0 --only_arm=PauseFT
-    python compute_study.py --experiment=curriculum --seeds=5 --aggregate          # summary.md/json + two plots
+    python -m experiments.compute_study --experiment=curriculum --only_seed=0                  # one seed, every arm
+    python -m experiments.compute_study --experiment=curriculum --only_seed=0 --only_arm=PauseFT
+    python -m experiments.compute_study --experiment=curriculum --seeds=5 --aggregate          # summary.md/json + two plots
 
 (Arms of one seed share its pretraining: to run them in parallel, run --only_arm=pretrain first.)
 """
@@ -33,13 +33,13 @@ import eval as evaluation
 import finetune
 import flops
 import plots
-import separation
-import synth
 import tasks
 import train
 from common import UserError, load_checkpoint, opt, parse_config, run_main, save_checkpoint
+from experiments import separation, synth
+from experiments.curriculum import CurriculumConfig, CurriculumData
+from experiments.study import CPU_PRETRAIN, CPU_SYNTH
 from model import GPT, GPTConfig
-from study import CPU_PRETRAIN, CPU_SYNTH
 from tokenizer import WordTokenizer, from_meta, padded_vocab
 
 EXPERIMENTS = {  # arm -> (which model, M_ft, finetuning options); the first arm of each pair list is the reference
@@ -81,9 +81,13 @@ class ComputeStudyConfig:
 
 def mean_step_flops(ft: finetune.FinetuneConfig, tok, conf: GPTConfig, steps: int = 20) -> float:
     """Training FLOPs of one step of a finetuning config, averaged over its first batches (no model needed)."""
-    from curriculum import CurriculumData
-    d = (CurriculumData if ft.cot else finetune.FinetuneData)(ft, tok, conf.block_size)
+    d = data_for(ft)(ft, tok, conf.block_size)
     return statistics.fmean(flops.train_flops(conf, *d.batch(s)[0].shape) for s in range(steps))
+
+
+def data_for(ft: finetune.FinetuneConfig):
+    """The batches of a finetuning arm: the curriculum's for a CurriculumConfig, else finetune.py's own."""
+    return CurriculumData if isinstance(ft, CurriculumConfig) else finetune.FinetuneData
 
 
 def deeper(conf: GPTConfig, prompt_len: int, target_len: int, pauses: int) -> GPTConfig:
@@ -100,11 +104,11 @@ def ft_config(cfg: ComputeStudyConfig, out: str, init: str, task_file: str, seed
               **kw) -> finetune.FinetuneConfig:
     sep = cfg.experiment == "separation"
     lr, bs = (cfg.sep_lr, cfg.sep_batch_size) if sep else (cfg.ft_lr, cfg.ft_batch_size)
-    return finetune.FinetuneConfig(init_from=init, task="lambada", task_file=task_file, out_dir=out, m_ft=str(m_ft),
-                                   max_iters=iters, batch_size=bs, learning_rate=lr, min_lr=lr / 10,
-                                   warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4), seed=seed,
-                                   device=cfg.device, log_interval=50, resume=os.path.exists(os.path.join(out, "ckpt.pt")),
-                                   **kw)
+    cls = CurriculumConfig if "cot" in kw else finetune.FinetuneConfig
+    return cls(init_from=init, task="lambada", task_file=task_file, out_dir=out, m_ft=str(m_ft), max_iters=iters,
+               batch_size=bs, learning_rate=lr, min_lr=lr / 10, warmup_iters=min(100, iters // 10),
+               eval_interval=max(1, iters // 4), seed=seed, device=cfg.device, log_interval=50,
+               resume=os.path.exists(os.path.join(out, "ckpt.pt")), **kw)
 
 
 def done(ckpt: str, steps: int) -> bool:
@@ -113,7 +117,7 @@ def done(ckpt: str, steps: int) -> bool:
 
 def run_ft(ft: finetune.FinetuneConfig) -> None:
     if not done(os.path.join(ft.out_dir, "ckpt.pt"), ft.max_iters):
-        finetune.main(ft)
+        finetune.main(ft, make_data=data_for(ft))
 
 
 def pretrain(cfg: ComputeStudyConfig, root: str, seed: int, prepared: str, conf: GPTConfig, iters: int, name: str,
@@ -312,4 +316,4 @@ def main(cfg: ComputeStudyConfig) -> dict | None:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_config(ComputeStudyConfig, prog="compute_study.py")))
+    run_main(lambda: main(parse_config(ComputeStudyConfig, prog="python -m experiments.compute_study")))

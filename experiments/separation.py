@@ -9,7 +9,7 @@ standard hard case for gradient descent (Hahn & Rofin 2024), which is what our p
 Training questions may be shorter than the test ones (train_n = lo,hi): short parities give the gradient
 something to hold on to. Splits: train, val and test are disjoint as bit strings; test is drawn first.
 
-    python separation.py --out_dir=data/parity --n=8 --train_n=2,8
+    python -m experiments.separation --out_dir=data/parity --n=8 --train_n=2,8
 """
 import json
 import os
@@ -69,7 +69,7 @@ class ParityConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(ParityConfig, argv, prog="separation.py")
+    cfg = parse_config(ParityConfig, argv, prog="python -m experiments.separation")
     if cfg.train_n and len(cfg.train_n) != 2:
         raise UserError(f"--train_n expects lo,hi, got {cfg.train_n}")
     counts = write_parity(cfg.out_dir, cfg.n, tuple(cfg.train_n) or None, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)

@@ -9,14 +9,13 @@ Writes the task (train.jsonl / test.jsonl) and a pretraining corpus as C4 (c4-tr
 c4-validation.00000-of-00001.json.gz): documents of solved gap/min/max/sort problems in the task's layout.
 Two layouts, each an official task format read by tasks.py:
   lambada: {"text": "gap 3 17 8 9"}, the answer is the last word; nothing stands between question and
-           answer, so a model without pauses computes it in one position (that of the last number), as
-           in the prototype of the issue that specified this task;
+           answer, so a model without pauses computes it in one position (that of the last number);
   gsm8k:   {"question": "gap 3 17 8", "answer": "#### 9"}, prompted "Question: …\\nAnswer:" and answered
            "#### 9", which gives a model without pauses three more positions ("\\n", "Answer:", "####").
 Splits: train (finetuning), val (every choice is made on it) and test (reported only), each from its own
 seed; no two questions share a set of numbers, and no val or test question's numbers appear in the corpus.
 
-    python synth.py --out_dir=data/synth --n=12 --lo=0 --hi=64 --layout=lambada
+    python -m experiments.synth --out_dir=data/synth --n=12 --lo=0 --hi=64 --layout=lambada
 """
 import datetime
 import gzip
@@ -205,7 +204,7 @@ class SynthConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(SynthConfig, argv, prog="synth.py")
+    cfg = parse_config(SynthConfig, argv, prog="python -m experiments.synth")
     if len(cfg.corpus_n) != 2:
         raise UserError(f"--corpus_n expects two numbers, e.g. --corpus_n=4,12; got {cfg.corpus_n}")
     ensure_writable_dir(cfg.out_dir)
