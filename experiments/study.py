@@ -4,7 +4,8 @@ summary.json and the plots. Ablations are options: more M_ft values, random M_ft
 ("." at inference only) and a finetuned-filler control, pauses prepended, rotary positions, and
 compute-matched baselines. --seeds=N repeats everything and reports mean ± std and paired differences.
 
-Every choice (steps, lr, M_ft, layout) is made on the validation split; the test split is only reported.
+Choices belong on the validation split and the test split is only reported; the cpu preset's own settings
+were carried over from earlier runs, not tuned on its val split (docs/RESULTS.md says which came from what).
 
     python -m experiments.study --preset=cpu                     # the whole CPU demo (synthetic data, both pretrainings)
     python -m experiments.study --task=gsm8k --std_ckpt=out/std/ckpt.pt --pause_ckpt=out/pause/ckpt.pt --m_ft=10

@@ -12,7 +12,7 @@ Two layouts, each an official task format read by tasks.py:
            answer, so a model without pauses computes it in one position (that of the last number);
   gsm8k:   {"question": "gap 3 17 8", "answer": "#### 9"}, prompted "Question: …\\nAnswer:" and answered
            "#### 9", which gives a model without pauses three more positions ("\\n", "Answer:", "####").
-Splits: train (finetuning), val (every choice is made on it) and test (reported only), each from its own
+Splits: train (finetuning), val (where choices belong) and test (reported only), each from its own
 seed; no two questions share a set of numbers, and no val or test question's numbers appear in the corpus.
 
     python -m experiments.synth --out_dir=data/synth --n=12 --lo=0 --hi=64 --layout=lambada
