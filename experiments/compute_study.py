@@ -142,7 +142,7 @@ def curriculum_seed(cfg: ComputeStudyConfig, root: str, seed: int, build: bool =
         data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
                                         val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
                                         tokenizer="word", workers=1))
-    meta = json.load(open(os.path.join(prepared, "meta.json")))
+    meta = data.load_meta(prepared)
     tok = from_meta(meta["tokenizer"])
     conf = GPTConfig(block_size=CPU_PRETRAIN["block_size"], vocab_size=padded_vocab(tok.vocab_size),
                      n_layer=CPU_PRETRAIN["n_layer"], n_head=CPU_PRETRAIN["n_head"], n_embd=CPU_PRETRAIN["n_embd"],
