@@ -437,7 +437,7 @@ def save_checkpoint(path: str, model: torch.nn.Module, optimizer, meta: dict) ->
         try:
             torch.save(state, f)
         except RuntimeError as e:  # torch reports a failed write (full disk) as a RuntimeError caused by the OSError
-            if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C inside the write: an interruption, not a disk error
+            if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C inside the write: not a disk error
                 raise KeyboardInterrupt from None
             cause = e.__context__.strerror if isinstance(e.__context__, OSError) else str(e).splitlines()[0]
             raise UserError(f"cannot write {path}: {cause}") from None

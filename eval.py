@@ -41,7 +41,8 @@ class EvalConfig:
     prepend: bool = opt(False, "ablation: pauses before the prompt (also on when the checkpoint was finetuned so)")
     max_examples: int = opt(0, "evaluate only the first N examples (0 = all)", ge=0)
     batch_size: int = opt(32, "sequences per forward pass", ge=1)
-    max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)", ge=0)
+    max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)",
+                              ge=0)
     out: str = opt("", "write the results as JSON here (default: print only)")
     log_samples: bool = opt(True, "keep each example's record (text or choice log-likelihoods, scores) in the JSON")
     device: str = opt("auto", "where to run", choices=DEVICES)

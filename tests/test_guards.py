@@ -264,7 +264,8 @@ def test_a_checkpoint_config_with_an_unknown_key_is_named(tmp_path, capsys):
 def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, capsys):
     path = tiny_checkpoint(tmp_path / "ckpt.pt", poison=True)
     for main, cfg in ((evaluation.main, evaluation.EvalConfig(ckpt=path, device="cpu", task="lambada")),
-                      (sample.main, sample.SampleConfig(ckpt=path, device="cpu"))):
+                      (sample.main, sample.SampleConfig(ckpt=path, device="cpu")),
+                      (finetune.main, finetune.FinetuneConfig(init_from=path, out_dir=str(tmp_path / "ft")))):
         assert "tensor(s) hold inf or NaN" in one_line_error(capsys, main, cfg)
 
 
