@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common import load_toml, opt, parse_config, run_main, setup_runtime
+from common import DEVICES, DTYPES, check_config, load_toml, opt, parse_config, run_main, setup_runtime
 from data import PretrainData
 from model import GPT, GPTConfig
 from sample import generate, with_pauses
@@ -26,15 +26,15 @@ from train import TrainConfig, make_optimizer
 class BenchConfig:
     """Benchmark training and sampling on random GPT-2-sized tokens with a preset's model."""
     preset: str = opt("config/tiny.toml", "train.py config file giving the model and batch sizes")
-    batch_size: int = opt(0, "override the preset's micro-batch size (0 = keep)")
-    steps: int = opt(5, "timed training steps per run (after warmup)")
-    warmup: int = opt(2, "untimed steps first (compilation, allocator)")
-    prompt_len: int = opt(64, "prompt tokens for the sampling benchmarks")
-    new_tokens: int = opt(32, "tokens decoded in the sampling benchmark")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
+    batch_size: int = opt(0, "override the preset's micro-batch size (0 = keep)", ge=0)
+    steps: int = opt(5, "timed training steps per run (after warmup)", ge=1)
+    warmup: int = opt(2, "untimed steps first (compilation, allocator)", ge=0)
+    prompt_len: int = opt(64, "prompt tokens for the sampling benchmarks", ge=1)
+    new_tokens: int = opt(32, "tokens decoded in the sampling benchmark", ge=1)
+    device: str = opt("auto", "where to run", choices=DEVICES)
+    dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
     compile: bool = opt(False, "torch.compile the model for the training benchmark")
-    seed: int = opt(0, "seed of the random tokens and weights")
+    seed: int = opt(0, "seed of the random tokens and weights", ge=0)
 
 
 def random_data_dir(path: str, n_tokens: int, seed: int) -> str:
@@ -116,8 +116,9 @@ def bench_sampling(cfg: BenchConfig, tc: TrainConfig, rt) -> dict:
 
 
 def main(cfg: BenchConfig) -> None:
+    check_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    tc = TrainConfig(**load_toml(TrainConfig, cfg.preset))
+    tc = check_config(TrainConfig(**load_toml(TrainConfig, cfg.preset)))
     if cfg.batch_size:
         tc.batch_size = cfg.batch_size
     print(f"device {rt.device} ({torch.cuda.get_device_name() if rt.device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "

@@ -18,19 +18,19 @@ import time
 from pydoc_data.topics import topics
 
 import data
-from common import opt, parse_config, run_main
+from common import check_config, opt, parse_config, run_main
 
 
 @dataclasses.dataclass
 class BenchConfig:
     """Benchmark data.py prepare and PretrainData.batch on a generated corpus."""
-    mb: float = opt(20.0, "corpus size in MB of document text")
-    files: int = opt(4, "number of json.gz input files")
-    workers: int = opt(2, "prepare worker processes")
-    block_size: int = opt(2048, "tokens per training window")
-    batch_size: int = opt(8, "windows per batch")
-    pause_frac: float = opt(0.1, "pauses per window as a fraction of block_size")
-    calls: int = opt(50, "timed batch() calls (the median is reported)")
+    mb: float = opt(20.0, "corpus size in MB of document text", gt=0)
+    files: int = opt(4, "number of json.gz input files", ge=1)
+    workers: int = opt(2, "prepare worker processes", ge=1)
+    block_size: int = opt(2048, "tokens per training window", ge=1)
+    batch_size: int = opt(8, "windows per batch", ge=1)
+    pause_frac: float = opt(0.1, "pauses per window as a fraction of block_size", ge=0, lt=1)
+    calls: int = opt(50, "timed batch() calls (the median is reported)", ge=1)
 
 
 def write_corpus(dir: str, mb: float, n_files: int) -> list[str]:
@@ -48,6 +48,7 @@ def write_corpus(dir: str, mb: float, n_files: int) -> list[str]:
 
 
 def main(cfg: BenchConfig) -> None:
+    check_config(cfg)
     tmp = tempfile.mkdtemp(prefix="bench_data_")
     try:
         files = write_corpus(tmp, cfg.mb, cfg.files)

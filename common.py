@@ -1,18 +1,25 @@
 """What every script shares, written once: the config mechanism, user errors, option checks, safe
 file writing, runtime setup (device, dtype, DDP, seeding) and the checkpoint format.
 
-Config: each script declares a dataclass whose fields are its options, with `opt(default, help)`.
-`parse_config` fills it from an optional TOML file (`config/tiny.toml` or `--config=...`), then
-from `--key=value` (or `--key value`) overrides, checking every key and type; `--help` lists all.
+Config: each script declares a dataclass whose fields are its options, with `opt(default, help)` and
+the values each accepts (bounds or choices; a float is always finite). `parse_config` fills it from
+TOML files (`config/tiny.toml` or `--config=...`, left to right), then from `--key=value` (or
+`--key value`) overrides, checking every key, type and value (`check_config`, which scripts call again
+for configs built in code); `--help` lists all. Every mistake is one line on stderr and exit status 2.
 """
 import contextlib
 import dataclasses
+import difflib
+import fcntl
 import hashlib
 import json
 import math
+import operator
 import os
+import re
 import secrets
 import sys
+import time
 import tomllib
 import types
 import typing
@@ -26,11 +33,18 @@ class UserError(Exception):
     """A mistake the user can fix; scripts print it as one line and exit with status 2."""
 
 
-def opt(default, help: str):
-    """A config field with its help text (lists get a default_factory)."""
+def opt(default, help: str, *, ge=None, gt=None, le=None, lt=None, choices: tuple | None = None):
+    """A config field with its help text and the values it accepts (checked by check_config): bounds
+    ge/gt/le/lt (each item of a list), or choices (one ending in ':N' stands for any index, e.g. cuda:N).
+    Every float must be finite. Lists get a default_factory."""
+    rule = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("choices", choices)) if v is not None}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata={"help": help, "rule": rule})
+    return field(default=default, metadata={"help": help, "rule": rule})
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _type_name(tp) -> str:
@@ -85,7 +99,9 @@ def config_help(cls, prog: str) -> str:
     for f in sorted(dataclasses.fields(cls), key=lambda f: order.get(f.name, len(order))):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        lines.append(f"  --{f.name}={_type_name(hints[f.name])}".ljust(34) + f" {f.metadata.get('help', '')} [{shown}]")
+        accepts = _accepts(f.metadata.get("rule", {}), hints[f.name])
+        lines.append(f"  --{f.name}={_type_name(hints[f.name])}".ljust(34) + f" {f.metadata.get('help', '')} [{shown}]"
+                     + (f" ({accepts})" if accepts else ""))
     return "\n".join(lines)
 
 
@@ -99,7 +115,7 @@ def parse_config(cls, argv: list[str] | None = None, prog: str | None = None):
     hints = typing.get_type_hints(cls)
     values: dict = {}
     pairs: list[tuple[str, object]] = []
-    i = 0
+    i = n_files = 0
     while i < len(argv):
         arg = argv[i]
         if arg.startswith("--"):
@@ -113,8 +129,9 @@ def parse_config(cls, argv: list[str] | None = None, prog: str | None = None):
                 else:
                     value, i = nxt, i + 1
             pairs.append((key.replace("-", "_"), value))
-        elif arg.endswith(".toml"):
-            pairs.insert(0, ("config", arg))
+        elif arg.endswith(".toml"):  # config files first, left to right like repeated --config
+            pairs.insert(n_files, ("config", arg))
+            n_files += 1
         else:
             raise UserError(f"unexpected argument {arg!r}; options look like --key=value (see {prog} --help)")
         i += 1
@@ -122,10 +139,56 @@ def parse_config(cls, argv: list[str] | None = None, prog: str | None = None):
         if key == "config":
             values.update(load_toml(cls, value))
         elif key not in hints:
-            raise UserError(f"unknown option --{key}; see {prog} --help")
+            raise UserError(f"unknown option --{key}{_nearest(key, hints)}; see {prog} --help")
         else:
             values[key] = _convert(key, value, hints[key])
-    return cls(**values)
+    return check_config(cls(**values))
+
+
+def _nearest(key: str, names) -> str:
+    close = difflib.get_close_matches(key, list(names), n=1)
+    return f" (did you mean --{close[0]}?)" if close else ""
+
+
+_BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
+
+
+def _accepts(rule: dict, tp) -> str:
+    """What a rule accepts, in words: 'a finite number > 0', 'an integer in [0, 1)', 'one of a, b'."""
+    while typing.get_origin(tp) in (typing.Union, types.UnionType, list):  # X | None, list[X]: X
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if "choices" in rule:
+        return "one of " + ", ".join(map(str, rule["choices"]))
+    kind = {float: "a finite number", int: "an integer"}.get(tp, "")
+    if {"ge", "gt"} & set(rule) and {"le", "lt"} & set(rule):
+        lo, hi = rule.get("ge", rule.get("gt")), rule.get("le", rule.get("lt"))
+        return f"{kind} in {'[' if 'ge' in rule else '('}{lo}, {hi}{']' if 'le' in rule else ')'}"
+    return " ".join([kind] + [f"{_BOUNDS[k][0]} {v}" for k, v in rule.items()]) if rule or tp is float else ""
+
+
+def _allowed(value, rule: dict) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if "choices" in rule:  # a choice 'cuda:N' stands for cuda:0, cuda:1, ...
+        return value in rule["choices"] or any(c.endswith(":N") and str(value).startswith(c[:-1])
+                                              and str(value)[len(c) - 1:].isdigit() for c in rule["choices"])
+    return all(_BOUNDS[k][1](value, bound) for k, bound in rule.items())
+
+
+def check_config(cfg):
+    """Every option of `cfg` within what its opt() accepts (NaN and inf never), then the config's own
+    cross-option checks (its validate(), if any); a UserError names the first option that is not. Returns cfg.
+    parse_config calls it; scripts call it again at the top of main, for configs built in code."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        rule, value = f.metadata.get("rule", {}), getattr(cfg, f.name)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and not _allowed(item, rule):
+                each = " (each value)" if isinstance(value, list) else ""
+                raise UserError(f"--{f.name}{each} must be {_accepts(rule, hints[f.name])}, got {item!r}")
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
 
 
 def load_toml(cls, path: str) -> dict:
@@ -140,44 +203,27 @@ def load_toml(cls, path: str) -> dict:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(hints))
     if unknown:
-        raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+        raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}{_nearest(unknown[0], hints)}")
     return {k: _convert(k, v, hints[k]) for k, v in raw.items()}
 
 
 def run_main(main, *args) -> None:
     """Call main(*args); a UserError becomes one line on stderr and exit status 2. So does, as a last
-    resort, a disk or permission error on a named file that no script turned into a UserError."""
+    resort, a disk or permission error on a named file that no script turned into a UserError. Ctrl-C is
+    'interrupted' and status 130."""
     try:
         main(*args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except OSError as e:
         if e.filename is None:
             raise
         print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         sys.exit(2)
-
-
-# ----------------------------------------------------------------------------- option checks
-# Each config class has a validate() made of these, called at the start of its script's main.
-
-def at_least(cfg, minimum: float, *names: str) -> None:
-    for name in names:
-        if getattr(cfg, name) < minimum:
-            raise UserError(f"--{name} must be >= {minimum}, got {getattr(cfg, name)}")
-
-
-def fraction(cfg, *names: str) -> None:
-    """Each option is a fraction in [0, 1)."""
-    for name in names:
-        if not 0 <= getattr(cfg, name) < 1:
-            raise UserError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
-
-
-def one_of(cfg, name: str, choices: tuple) -> None:
-    if getattr(cfg, name) not in choices:
-        raise UserError(f"--{name} must be one of {', '.join(map(str, choices))}, got {getattr(cfg, name)!r}")
 
 
 # ----------------------------------------------------------------------------- writing files
@@ -232,9 +278,60 @@ def atomic_open(path: str, mode: str = "wb"):
         raise
 
 
+def append_line(path: str, line: str) -> None:
+    """Append `line` and a newline to `path` whole or not at all: on a disk error the file is cut back to its
+    old end (no partial last line) and the error is a UserError naming `path`."""
+    with open(path, "ab") as f:
+        end = f.tell()
+        try:
+            f.write(line.encode() + b"\n")
+            f.flush()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.truncate(path, end)
+            raise _cannot_write(path, e) from None
+
+
+def remove_stale_temps(directory: str) -> None:
+    """Delete the temp files atomic_open left in `directory` when its process was killed; call it only while
+    holding the directory's lock (lock_dir), so that no live writer owns them."""
+    for name in os.listdir(directory):
+        if re.fullmatch(r".+\.[0-9a-f]{8}\.tmp", name):  # atomic_open's names: PATH.<8 hex digits>.tmp
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+
+
+def lock_dir(directory: str, who: str, name: str, wait_s: float = 0.0):
+    """Hold directory/.NAME.lock (an open file; closing it releases the lock) or, after wait_s, refuse with one
+    line: one writer per directory. Child processes forked from this one inherit it."""
+    f = open(os.path.join(directory, f".{name}.lock"), "a+")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                f.close()
+                raise UserError(f"{directory} is being written by another {who} (started by pid {holder}); "
+                                "wait for it to end or kill it, then run again") from None
+            time.sleep(0.1)
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 def write_json(path: str, obj) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=1)
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def file_sha256(path: str) -> str:
@@ -340,6 +437,8 @@ def save_checkpoint(path: str, model: torch.nn.Module, optimizer, meta: dict) ->
         try:
             torch.save(state, f)
         except RuntimeError as e:  # torch reports a failed write (full disk) as a RuntimeError caused by the OSError
+            if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C inside the write: not a disk error
+                raise KeyboardInterrupt from None
             cause = e.__context__.strerror if isinstance(e.__context__, OSError) else str(e).splitlines()[0]
             raise UserError(f"cannot write {path}: {cause}") from None
 

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 import tokenizer as tokmod
-from common import (UserError, at_least, atomic_open, config_help, ensure_writable_dir, file_sha256, fraction, opt,
+from common import (UserError, atomic_open, check_config, config_help, ensure_writable_dir, file_sha256, opt,
                     parse_config, run_main, write_json)
 # the prepare step lives in prepare.py; data.prepare and data.PrepareConfig remain its public names
 from prepare import PrepareConfig, VerifyConfig, check_shards, load_meta, prepare, verify
@@ -69,15 +69,16 @@ C4_URL = "https://huggingface.co/datasets/allenai/c4/resolve/main/en"
 class DownloadConfig:
     """Download C4 (allenai/c4, English) train and validation shards."""
     out_dir: str = opt("data/c4_raw", "directory for the .json.gz shards")
-    n_train: int = opt(1, "number of train shards (of 1024, about 318 MB and 356k documents each)")
-    n_val: int = opt(1, "number of validation shards (of 8, about 40 MB each)")
-    start: int = opt(0, "index of the first train shard")
+    n_train: int = opt(1, "number of train shards (of 1024, about 318 MB and 356k documents each)", ge=0, le=1024)
+    n_val: int = opt(1, "number of validation shards (of 8, about 40 MB each)", ge=0, le=8)
+    start: int = opt(0, "index of the first train shard", ge=0, lt=1024)
     base_url: str = opt(C4_URL, "URL of the directory holding the shards (a mirror, or a local server)")
 
 
 def download(cfg: DownloadConfig) -> None:
     """Fetch the C4 shards named by cfg into cfg.out_dir (resumable, finished files are skipped)."""
-    if cfg.start < 0 or cfg.n_train < 0 or cfg.start + cfg.n_train > 1024 or not 0 <= cfg.n_val <= 8:
+    check_config(cfg)
+    if cfg.start + cfg.n_train > 1024:
         raise UserError("C4 has train shards 0..1023 and validation shards 0..7; check --start, --n_train, --n_val")
     names = [f"c4-train.{i:05d}-of-01024.json.gz" for i in range(cfg.start, cfg.start + cfg.n_train)]
     names += [f"c4-validation.{i:05d}-of-00008.json.gz" for i in range(cfg.n_val)]
@@ -160,18 +161,14 @@ class InjectConfig:
     data_dir: str = opt("data/c4", "prepared data directory (from data.py prepare)")
     out_dir: str = opt("data/c4_pause", "output directory for the injected shards and meta.json")
     block_size: int = opt(2048, "window length; each window gets round(pause_frac*block_size) pauses, then is "
-                                "trimmed back to block_size (a shard's last partial window is dropped)")
-    pause_frac: float = opt(0.1, "pauses per window as a fraction of block_size")
-    seed: int = opt(0, "random seed of the pause positions")
-
-    def validate(self) -> None:
-        at_least(self, 1, "block_size")
-        fraction(self, "pause_frac")
+                                "trimmed back to block_size (a shard's last partial window is dropped)", ge=1)
+    pause_frac: float = opt(0.1, "pauses per window as a fraction of block_size", ge=0, lt=1)
+    seed: int = opt(0, "random seed of the pause positions", ge=0)
 
 
 def inject(cfg: InjectConfig) -> None:
     """Write pause-injected shards and their meta.json (with each shard's sha256) to cfg.out_dir."""
-    cfg.validate()
+    check_config(cfg)
     meta = load_meta(cfg.data_dir)
     check_shards(cfg.data_dir, meta)
     if os.path.realpath(cfg.out_dir) == os.path.realpath(cfg.data_dir):
@@ -203,15 +200,16 @@ def inject(cfg: InjectConfig) -> None:
 class ShowConfig:
     """Print a few decoded training windows of a prepared data_dir, with <pause> visible."""
     data_dir: str = opt("data/c4", "prepared data directory (from data.py prepare)")
-    n: int = opt(2, "number of windows")
-    block_size: int = opt(64, "window length in tokens")
-    pause_frac: float = opt(0.0, "inject round(pause_frac*block_size) pauses per window")
-    seed: int = opt(0, "random seed")
+    n: int = opt(2, "number of windows", ge=1)
+    block_size: int = opt(64, "window length in tokens", ge=1)
+    pause_frac: float = opt(0.0, "inject round(pause_frac*block_size) pauses per window", ge=0, lt=1)
+    seed: int = opt(0, "random seed", ge=0)
     bpe_file: str = opt("", "local GPT-2 BPE file; empty: tokenizer.py's search order")
 
 
 def show(cfg: ShowConfig) -> None:
     """Print the cfg.n windows of training batch 0, decoded."""
+    check_config(cfg)
     data = PretrainData(cfg.data_dir, cfg.block_size, cfg.n, cfg.pause_frac, cfg.seed)
     tok = tokmod.from_meta(data.meta["tokenizer"], cfg.bpe_file or None)
     for r, row in enumerate(data.batch(0)[0].tolist()):

@@ -22,7 +22,8 @@ from tqdm import tqdm
 import flops
 import metrics
 import tasks
-from common import UserError, ensure_writable_file, opt, parse_config, run_main, setup_runtime, write_json
+from common import (DEVICES, DTYPES, UserError, check_config, ensure_writable_file, opt, parse_config, run_main,
+                    setup_runtime, write_json)
 from finetune import pretrain_pause_frac
 from sample import banned_tokens, generate, load_model, prompt_in_block
 from tokenizer import pause_id_for
@@ -32,18 +33,20 @@ from tokenizer import pause_id_for
 class EvalConfig:
     """Evaluate a checkpoint on a task, sweeping the number of pauses appended at inference."""
     ckpt: str = opt("out/finetune/ckpt.pt", "checkpoint to evaluate")
-    task: str = opt("gsm8k", f"task name: {', '.join(tasks.TASKS)}")
+    task: str = opt("gsm8k", "task name", choices=tuple(tasks.TASKS))
     task_file: str = opt("", "the task's evaluation file in its official format (default: data/tasks/TASK/<eval file>)")
-    m_inf: list[int] = opt([-1], "pauses at inference, one value or a list like 0,1,2,5,10,20 (-1 = the checkpoint's m_ft)")
+    m_inf: list[int] = opt([-1], "pauses at inference, one value or a list like 0,1,2,5,10,20 (-1 = the checkpoint's m_ft)",
+                           ge=-1)
     filler: str = opt("", "ablation: this ordinary one-token text instead of <pause> (default: the checkpoint's)")
     prepend: bool = opt(False, "ablation: pauses before the prompt (also on when the checkpoint was finetuned so)")
-    max_examples: int = opt(0, "evaluate only the first N examples (0 = all)")
-    batch_size: int = opt(32, "sequences per forward pass")
-    max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)")
+    max_examples: int = opt(0, "evaluate only the first N examples (0 = all)", ge=0)
+    batch_size: int = opt(32, "sequences per forward pass", ge=1)
+    max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)",
+                              ge=0)
     out: str = opt("", "write the results as JSON here (default: print only)")
     log_samples: bool = opt(True, "keep each example's record (text or choice log-likelihoods, scores) in the JSON")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
+    device: str = opt("auto", "where to run", choices=DEVICES)
+    dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
 
 
@@ -180,8 +183,7 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
 
 
 def main(cfg: EvalConfig) -> list[dict]:
-    if cfg.task not in tasks.TASKS:
-        raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
+    check_config(cfg)
     if cfg.out:
         ensure_writable_file(cfg.out)  # now, not after the whole evaluation
     rt = setup_runtime(cfg.device, cfg.dtype)

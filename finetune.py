@@ -6,43 +6,45 @@ input [prefix, <pause> x m_ft, target, EOT], loss on the target tokens and the c
 The loop, DDP, checkpoints and resume are train.py's (`fit`); only the batches differ.
 """
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 import tasks
-from common import (UserError, ensure_writable_dir, load_checkpoint, opt, parse_config, run_main, setup_runtime,
-                    teardown)
+from common import UserError, check_config, load_checkpoint, opt, parse_config, run_main, setup_runtime, teardown
 from model import GPTConfig
 from sample import load_model, prompt_in_block
 from tokenizer import pause_id_for
-from train import LoopConfig, fit, start
+from train import MAX_LR, LoopConfig, fit, own_out_dir, start
 
 
 @dataclass
 class FinetuneConfig(LoopConfig):
     """Finetune a pretrained checkpoint on a task's (prefix, target) pairs, with m_ft pauses between them."""
     init_from: str = opt("out/pretrain/ckpt.pt", "the pretrained checkpoint to start from")
-    task: str = opt("gsm8k", f"task name: {', '.join(tasks.TASKS)}")
+    task: str = opt("gsm8k", "task name", choices=tuple(tasks.TASKS))
     task_file: str = opt("", "the task's training file in its official format (default: data/tasks/TASK/<train file>)")
     m_ft: str = opt("0", "pauses between prefix and target: 0 = StdFT, e.g. 10 = PauseFT; lo:hi = a number "
                          "drawn uniformly from lo..hi for each example of each batch (beyond the paper)")
     filler: str = opt("", "ablation: this ordinary one-token text (e.g. '.') instead of <pause>")
     prepend: bool = opt(False, "ablation: put the pauses before the prefix instead of after it")
-    max_examples: int = opt(0, "use only the first N examples of the file (0 = all)")
-    val_frac: float = opt(0.05, "held-out share of the examples for the validation loss")
+    max_examples: int = opt(0, "use only the first N examples of the file (0 = all)", ge=0)
+    val_frac: float = opt(0.05, "held-out share of the examples for the validation loss", ge=0, lt=1)
     # finetuning defaults of the loop options (see train.py)
     out_dir: str = opt("out/finetune", "where ckpt.pt and log.jsonl are written")
-    batch_size: int = opt(16, "examples per micro-batch, per process")
-    learning_rate: float = opt(1e-4, "peak learning rate")
-    min_lr: float = opt(1e-5, "learning rate at the end of the cosine decay")
-    warmup_iters: int = opt(50, "linear warmup steps")
-    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only)")
-    eval_interval: int = opt(200, "validation loss every this many steps (and at the end)")
-    eval_iters: int = opt(10, "validation batches per evaluation")
+    batch_size: int = opt(16, "examples per micro-batch, per process", ge=1)
+    learning_rate: float = opt(1e-4, "peak learning rate", gt=0, le=MAX_LR)
+    min_lr: float = opt(1e-5, "learning rate at the end of the cosine decay", ge=0, le=MAX_LR)
+    warmup_iters: int = opt(50, "linear warmup steps", ge=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay (matrices only)", ge=0)
+    eval_interval: int = opt(200, "validation loss every this many steps (and at the end)", ge=1)
+    eval_iters: int = opt(10, "validation batches per evaluation", ge=1)
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
+
+    def validate(self) -> None:
+        super().validate()
+        parse_m_ft(self.m_ft)
 
 
 def parse_m_ft(m_ft) -> tuple[int, int]:
@@ -134,26 +136,29 @@ def finetune_eval(model, data: FinetuneData, cfg: FinetuneConfig, rt) -> dict:
 def main(cfg: FinetuneConfig, make_data=None) -> None:
     """Finetune; `make_data(cfg, tok, block_size)` builds the batches (default FinetuneData; experiments plug in
     their own, e.g. experiments/curriculum.py)."""
-    cfg.validate()
-    ensure_writable_dir(cfg.out_dir)  # before the model and the task are loaded
+    check_config(cfg)
     m_lo, m_hi = parse_m_ft(cfg.m_ft)
-    if cfg.task not in tasks.TASKS:
-        raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
-        _, tok, pre = load_model(cfg.init_from, "cpu", cfg.bpe_file or None)
-        gpt_config = GPTConfig(**{**pre["model"], "dropout": cfg.dropout})
-        data = (make_data or FinetuneData)(cfg, tok, gpt_config.block_size)
-        model, optimizer, step, log = start(cfg, rt, gpt_config)
-        if not cfg.resume:  # start from the pretrained weights (the optimizer starts afresh)
-            model.load_state_dict(load_checkpoint(cfg.init_from, rt.device)["model"])
-        meta = {"kind": "finetune", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
-                "tokenizer": pre["tokenizer"], "task": cfg.task, "filler": cfg.filler,
-                "m_ft": m_hi, "m_ft_range": [m_lo, m_hi],  # a range's default M_inf is its largest value
-                "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre)}
-        fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
+        with own_out_dir(cfg, rt):  # before the model and the task are loaded
+            finetune(cfg, rt, make_data or FinetuneData, m_lo, m_hi)
     finally:
         teardown(rt)
+
+
+def finetune(cfg: FinetuneConfig, rt, make_data, m_lo: int, m_hi: int) -> None:
+    """Load the pretrained model (or restore the run, with --resume), build the batches and run `fit`."""
+    _, tok, pre = load_model(cfg.init_from, "cpu", cfg.bpe_file or None)
+    gpt_config = GPTConfig(**{**pre["model"], "dropout": cfg.dropout})
+    data = make_data(cfg, tok, gpt_config.block_size)
+    model, optimizer, step, log = start(cfg, rt, gpt_config)
+    if not cfg.resume:  # start from the pretrained weights (the optimizer starts afresh)
+        model.load_state_dict(load_checkpoint(cfg.init_from, rt.device)["model"])
+    meta = {"kind": "finetune", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
+            "tokenizer": pre["tokenizer"], "task": cfg.task, "filler": cfg.filler,
+            "m_ft": m_hi, "m_ft_range": [m_lo, m_hi],  # a range's default M_inf is its largest value
+            "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre)}
+    fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
 
 
 def pretrain_pause_frac(meta: dict) -> float:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
-from common import UserError  # noqa: E402
+from common import UserError, atomic_open, write_json  # noqa: E402
 
 VARIANTS = ["StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT"]
 COLORS = {"StdPT_StdFT": "tab:gray", "StdPT_PauseFT": "tab:blue", "PausePT_StdFT": "tab:green",
@@ -73,14 +73,11 @@ def _save(fig, out_png: str, data: dict) -> str:
     """Write the PNG and its .json beside it (each via a temp file and a rename), close the figure."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-        fig.savefig(out_png + ".tmp", format="png", dpi=120, bbox_inches="tight")
-        os.replace(out_png + ".tmp", out_png)
+        with atomic_open(out_png) as f:
+            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-    json_path = os.path.splitext(out_png)[0] + ".json"
-    with open(json_path + ".tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(json_path + ".tmp", json_path)
+    write_json(os.path.splitext(out_png)[0] + ".json", data)
     return out_png
 
 

@@ -12,7 +12,6 @@ into the same out_dir.
 """
 import ctypes
 import dataclasses
-import fcntl
 import glob
 import gzip
 import hashlib
@@ -32,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tokenizer as tokmod
-from common import UserError, at_least, atomic_open, ensure_writable_dir, file_sha256, fraction, opt, write_json
+from common import UserError, atomic_open, check_config, ensure_writable_dir, file_sha256, lock_dir, opt, write_json
 
 
 # -------------------- documents
@@ -103,40 +102,19 @@ class PrepareConfig:
     val_input: list[str] = opt([], "validation files or globs (e.g. C4 validation shards); empty: hold out "
                                    "val_frac of each input's documents")
     out_dir: str = opt("data/c4", "output directory for the shards and meta.json")
-    tokenizer: str = opt("gpt2", "gpt2, char or word")
+    tokenizer: str = opt("gpt2", "gpt2 (GPT-2 BPE), char or word", choices=("gpt2", "char", "word"))
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken); empty: tokenizer.py's search order")
-    val_frac: float = opt(0.005, "fraction of documents held out for validation when val_input is empty")
-    workers: int = opt(os.cpu_count() or 1, "worker processes (one input file each at a time)")
-
-    def validate(self) -> None:
-        fraction(self, "val_frac")
-        at_least(self, 1, "workers")
+    val_frac: float = opt(0.005, "fraction of documents held out for validation when val_input is empty", ge=0, lt=1)
+    workers: int = opt(os.cpu_count() or 1, "worker processes (one input file each at a time)", ge=1)
 
 
 LOCK_WAIT_S = 5.0  # a killed run's workers take a moment to die (and release the lock they inherited)
 
 
 def lock_out_dir(out_dir: str):
-    """Hold out_dir/.prepare.lock for this run (an open file; closing it releases the lock). Workers
-    forked from this process inherit it, so an orphaned worker still holds it while it lives."""
-    f = open(os.path.join(out_dir, ".prepare.lock"), "a+")
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                f.seek(0)
-                holder = f.read().strip() or "unknown"
-                f.close()
-                raise UserError(f"{out_dir} is being written by another data.py prepare (started by pid {holder}) or "
-                                "by its orphaned workers; wait for it to end or kill it, then run again") from None
-            time.sleep(0.1)
-    f.truncate(0)
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
+    """Hold out_dir/.prepare.lock for this run (common.lock_dir). Workers forked from this process inherit
+    it, so an orphaned worker still holds it while it lives."""
+    return lock_dir(out_dir, "data.py prepare or its orphaned workers", "prepare", LOCK_WAIT_S)
 
 
 _TOK = None  # the tokenizer of a worker process
@@ -199,7 +177,7 @@ def _parallel(fn, jobs: list, workers: int, desc: str, initargs: tuple = (None, 
 
 def prepare(cfg: PrepareConfig) -> dict:
     """Tokenize cfg.input (and cfg.val_input) into cfg.out_dir; resumable. Returns the meta written."""
-    cfg.validate()
+    check_config(cfg)
     train, val = _expand(cfg.input), _expand(cfg.val_input)
     if not train:
         raise UserError("no --input given; e.g. --input='data/c4_raw/c4-train.*'")
@@ -291,11 +269,45 @@ def load_meta(data_dir: str) -> dict:
     path = os.path.join(data_dir, "meta.json")
     if not os.path.isfile(path):
         raise UserError(f"no meta.json in {data_dir}; run `python data.py prepare --out_dir={data_dir}` first")
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get("dtype") != "uint16":
-        raise UserError(f"{path}: shards must be uint16, not {meta.get('dtype')}")
+    try:
+        with open(path, "rb") as f:
+            meta = json.load(f)
+    except ValueError as e:  # invalid JSON or text
+        raise UserError(f"{path} is not valid JSON ({e}); run data.py prepare again") from None
+    if problem := meta_problem(meta):
+        raise UserError(f"{path}: {problem}; run data.py prepare again")
     return meta
+
+
+def meta_problem(meta) -> str | None:
+    """What is wrong with the fields of a meta.json (the first one, named), or None."""
+    if not isinstance(meta, dict):
+        return f"not a JSON object but a {type(meta).__name__}"
+    if meta.get("dtype") != "uint16":
+        return f"field dtype: shards must be uint16, not {meta.get('dtype')!r}"
+    for key in ("vocab_size", "pause_id", "eot_id"):
+        if type(meta.get(key)) is not int or not 0 <= meta[key] <= 65536:
+            return f"field {key} must be an integer in [0, 65536], got {meta.get(key)!r}"
+    for key in ("pause_id", "eot_id"):
+        if meta[key] >= meta["vocab_size"]:
+            return f"field {key}={meta[key]} is not below vocab_size={meta['vocab_size']}"
+    if meta["pause_id"] == meta["eot_id"]:
+        return f"fields pause_id and eot_id are both {meta['pause_id']}"
+    tok = meta.get("tokenizer")
+    if not isinstance(tok, dict):
+        return "field tokenizer is missing or not an object"
+    for key in ("vocab_size", "pause_id", "eot_id"):
+        if tok.get(key) != meta[key]:
+            return f"field tokenizer.{key}={tok.get(key)!r} disagrees with {key}={meta[key]}"
+    shards = meta.get("shards")
+    if not isinstance(shards, dict) or not all(isinstance(shards.get(s), list) for s in ("train", "val")):
+        return "field shards must be an object with train and val lists"
+    for split in ("train", "val"):
+        for e in shards[split]:
+            if not (isinstance(e, dict) and isinstance(e.get("file"), str) and os.path.basename(e["file"]) == e["file"]
+                    and type(e.get("tokens")) is int and e["tokens"] >= 0):
+                return f"field shards.{split} has an entry that is not {{file: NAME, tokens: N}}: {str(e)[:80]}"
+    return None
 
 
 def shard_problem(data_dir: str, entry: dict, checksum: bool = False) -> str | None:
@@ -318,6 +330,17 @@ def check_shards(data_dir: str, meta: dict) -> None:
                             f"verify --data_dir={data_dir}` and run data.py prepare again")
 
 
+def id_problem(data_dir: str, entry: dict, meta: dict) -> str | None:
+    """What is wrong with a shard's token ids: one not below vocab_size, or a pause in a shard that was never
+    pause-injected (data.py inject records pause_frac); or None."""
+    ids = np.memmap(os.path.join(data_dir, entry["file"]), dtype=np.uint16, mode="r")
+    if len(ids) and (top := int(ids.max())) >= meta["vocab_size"]:
+        return f"holds id {top}, not below vocab_size {meta['vocab_size']}"
+    if "pause_frac" not in meta and (ids == meta["pause_id"]).any():
+        return f"holds the pause id {meta['pause_id']}, but meta.json records no pause injection"
+    return None
+
+
 @dataclasses.dataclass
 class VerifyConfig:
     """Check every shard of a prepared data_dir against the size and sha256 that its meta.json records."""
@@ -329,11 +352,11 @@ def verify(cfg: VerifyConfig) -> None:
     meta = load_meta(cfg.data_dir)
     entries = meta["shards"]["train"] + meta["shards"]["val"]
     bad = [f"{e['file']} {problem}" for e in tqdm(entries, desc="verify", unit="shard")
-           if (problem := shard_problem(cfg.data_dir, e, checksum=True))]
+           if (problem := shard_problem(cfg.data_dir, e, checksum=True) or id_problem(cfg.data_dir, e, meta))]
     unchecked = sum("sha256" not in e for e in entries)
     if bad:
         raise UserError(f"{len(bad)} of {len(entries)} shard(s) in {cfg.data_dir} do not match meta.json: "
                         + "; ".join(bad) + ". Delete them and run data.py prepare again (same options)")
     print(f"verify: all {len(entries)} shard(s) in {cfg.data_dir} match meta.json (size"
-          + (f"; {unchecked} without a recorded sha256, from an older data.py: size only)" if unchecked else
-             " and sha256)"))
+          + (f"; {unchecked} without a recorded sha256, from an older data.py: size only" if unchecked else
+             " and sha256") + f"; every id below vocab_size {meta['vocab_size']})")

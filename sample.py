@@ -3,13 +3,15 @@ output before the last pause is ignored, and <pause> is never emitted.
 
     python sample.py --ckpt=out/pause/ckpt.pt --prompt="Question: gap 5 9 1\nAnswer:" --m_inf=10
 """
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from common import UserError, at_least, load_checkpoint, opt, parse_config, run_main, setup_runtime
+from common import (DEVICES, DTYPES, UserError, check_config, load_checkpoint, nonfinite_tensors, opt, parse_config,
+                    run_main, setup_runtime)
 from model import GPT, GPTConfig
 from tokenizer import from_meta, pause_id_for
 
@@ -19,22 +21,20 @@ class SampleConfig:
     """Generate text from a checkpoint, with M_inf pauses appended to the prompt."""
     ckpt: str = opt("out/pretrain/ckpt.pt", "checkpoint to sample from")
     prompt: str = opt("\n", "the prompt (\\n is a newline); FILE:path reads it from a file")
-    m_inf: int = opt(-1, "pauses appended to the prompt (-1 = the checkpoint's m_ft, 0 for a pretrained one)")
+    m_inf: int = opt(-1, "pauses appended to the prompt (-1 = the checkpoint's m_ft, 0 for a pretrained one)", ge=-1)
     filler: str = opt("", "ablation: this ordinary one-token text instead of <pause> (default: the checkpoint's)")
     prepend: bool = opt(False, "ablation: pauses before the prompt (also on when the checkpoint was finetuned so)")
-    num_samples: int = opt(1, "samples to draw (decoded together as one batch)")
-    max_new_tokens: int = opt(64, "tokens to generate after the pauses (clipped to the block size)")
-    temperature: float = opt(0.8, "softmax temperature; 0 = greedy")
-    top_k: int = opt(0, "keep only the k most likely tokens (0 = all)")
+    num_samples: int = opt(1, "samples to draw (decoded together as one batch)", ge=1)
+    max_new_tokens: int = opt(64, "tokens to generate after the pauses (clipped to the block size)", ge=1)
+    temperature: float = opt(0.8, "softmax temperature; 0 = greedy", ge=0)
+    top_k: int = opt(0, "keep only the k most likely tokens (0 = all)", ge=0)
     stop_at_eot: bool = opt(True, "stop a sample at the end-of-text token")
-    seed: int = opt(1337, "sampling seed")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
+    seed: int = opt(1337, "sampling seed", ge=0)
+    device: str = opt("auto", "where to run", choices=DEVICES)
+    dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
 
     def validate(self) -> None:
-        at_least(self, 1, "num_samples", "max_new_tokens")
-        at_least(self, 0, "temperature", "top_k")
         if self.prompt.startswith("FILE:") and not os.path.isfile(self.prompt[5:]):
             raise UserError(f"--prompt={self.prompt}: no such file {self.prompt[5:]}")
 
@@ -45,7 +45,7 @@ def load_model(path: str, device, bpe_file: str | None = None) -> tuple[GPT, obj
     meta = ckpt["meta"]
     if "model" not in meta or "tokenizer" not in meta:
         raise UserError(f"checkpoint {path} has no model config or tokenizer in its meta")
-    tok_meta, conf = meta["tokenizer"], GPTConfig(**meta["model"])
+    tok_meta, conf = meta["tokenizer"], model_config(path, meta["model"])
     if conf.vocab_size < tok_meta["vocab_size"] or conf.pause_id != tok_meta["pause_id"]:
         raise UserError(f"checkpoint {path}: its model (vocab {conf.vocab_size}, pause id {conf.pause_id}) does not "
                         f"fit its tokenizer (vocab {tok_meta['vocab_size']}, pause id {tok_meta['pause_id']})")
@@ -54,7 +54,23 @@ def load_model(path: str, device, bpe_file: str | None = None) -> tuple[GPT, obj
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(f"checkpoint {path}: weights do not match its config ({str(e).splitlines()[0]})") from None
+    if bad := nonfinite_tensors(model):
+        raise UserError(f"checkpoint {path}: {len(bad)} tensor(s) hold inf or NaN (e.g. {bad[0]}); it cannot be used")
     return model.to(device).eval(), from_meta(tok_meta, bpe_file), meta
+
+
+def model_config(path: str, saved) -> GPTConfig:
+    """The GPTConfig a checkpoint's meta records, checked key by key (a key it lacks keeps its default)."""
+    fields = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
+    if not isinstance(saved, dict):
+        raise UserError(f"checkpoint {path}: its model config is not a table of options")
+    for key, value in saved.items():
+        if key not in fields:
+            raise UserError(f"checkpoint {path}: unknown model config key {key!r}")
+        want = {int: int, float: (int, float), bool: bool, str: str}[fields[key]]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise UserError(f"checkpoint {path}: model config {key}={value!r} is not a {fields[key].__name__}")
+    return GPTConfig(**saved)
 
 
 def with_pauses(ids: list[int], m: int, pause_id: int, prepend: bool = False) -> list[int]:
@@ -99,6 +115,8 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[in
     Returns the new tokens of each row, cut before stop_id."""
     device, block = model.lm_head.weight.device, model.config.block_size
     longest = max(len(p) for p in prompts)
+    if min(map(len, prompts)) == 0:
+        raise UserError("a prompt is empty: generation continues a prompt of at least one token")
     if longest >= block:
         raise UserError(f"a prompt with its pauses is {longest} tokens: the block size {block} leaves no room to answer")
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -142,7 +160,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[in
 
 
 def main(cfg: SampleConfig) -> None:
-    cfg.validate()
+    check_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     model, tok, meta = load_model(cfg.ckpt, rt.device, cfg.bpe_file or None)
     m_inf = meta.get("m_ft", 0) if cfg.m_inf == -1 else cfg.m_inf
@@ -154,6 +172,8 @@ def main(cfg: SampleConfig) -> None:
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"--prompt={cfg.prompt}: cannot read it as text ({e})") from None
     text = text.replace("\\n", "\n")
+    if not text:
+        raise UserError("the prompt is empty: give some text (e.g. --prompt='\\n', the default)")
     # the pauses a checkpoint was finetuned with (a filler token, before the prompt) are the ones it expects
     pause = pause_id_for(tok, cfg.filler or meta.get("filler", ""))
     prompt = with_pauses(tok.encode(text), m_inf, pause, cfg.prepend or meta.get("prepend", False))

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from common import UserError
+from common import UserError, opt
 from metrics import gsm8k_number
 
 
@@ -330,9 +330,9 @@ def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None
 @dataclass
 class DownloadTasksConfig:
     """Fetch tasks' official files (resumable, sha256-checked where known) into OUT_DIR/TASK/."""
-    task: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "tasks to fetch (default: all nine)"})
-    out_dir: str = field(default=os.path.join("data", "tasks"), metadata={"help": "files go to OUT_DIR/TASK/<official name>"})
-    splits: list[str] = field(default_factory=lambda: ["train", "eval"], metadata={"help": "splits to fetch"})
+    task: list[str] = opt(list(TASKS), "tasks to fetch (default: all nine)", choices=tuple(TASKS))
+    out_dir: str = opt(os.path.join("data", "tasks"), "files go to OUT_DIR/TASK/<official name>")
+    splits: list[str] = opt(["train", "eval"], "splits to fetch", choices=("train", "eval"))
 
 
 def main(argv: list[str]) -> None:

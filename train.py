@@ -6,6 +6,7 @@
 The pause method lives in the data (data.PretrainData injects pauses and masks pause targets);
 this file is the plain optimisation loop, `fit`, which finetune.py reuses.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -19,11 +20,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import flops
-from common import (UserError, all_mean, at_least, cosine_lr, ensure_writable_dir, fraction, load_checkpoint,
-                    nonfinite_tensors, one_of, opt, parse_config, rng_state, run_main, save_checkpoint, set_rng_state,
-                    setup_runtime, teardown)
+from common import (DEVICES, DTYPES, UserError, all_mean, append_line, check_config, cosine_lr, ensure_writable_dir,
+                    load_checkpoint, lock_dir, nonfinite_tensors, opt, parse_config, remove_stale_temps, rng_state,
+                    run_main, save_checkpoint, set_rng_state, setup_runtime, teardown)
 from model import GPT, GPTConfig
 from tokenizer import padded_vocab
+
+
+MAX_LR = 1e30  # far above any usable rate (divergence is stopped or skipped), below float32 overflow in AdamW
 
 
 @dataclass
@@ -32,63 +36,63 @@ class LoopConfig:
     out_dir: str = opt("out/pretrain", "where ckpt.pt and the metrics log log.jsonl are written")
     resume: bool = opt(False, "continue exactly from out_dir/ckpt.pt; only max_iters, the eval/log/ckpt intervals, "
                               "eval_iters, device, compile and the non-finite policy may change")
-    batch_size: int = opt(8, "sequences per micro-batch, per process")
-    grad_accum: int = opt(1, "micro-batches per optimizer step, summed over all processes (divisible by their number)")
-    max_iters: int = opt(1000, "optimizer steps")
-    learning_rate: float = opt(6e-4, "peak learning rate")
-    min_lr: float = opt(6e-5, "learning rate at the end of the cosine decay")
-    warmup_iters: int = opt(100, "linear warmup steps")
-    lr_decay_iters: int = opt(0, "step where the cosine decay reaches min_lr (0 = max_iters)")
-    weight_decay: float = opt(0.1, "AdamW weight decay (matrices only)")
-    beta1: float = opt(0.9, "AdamW beta1")
-    beta2: float = opt(0.95, "AdamW beta2")
-    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
-    dropout: float = opt(0.0, "dropout probability")
-    eval_interval: int = opt(250, "evaluate every this many steps (and at the end)")
-    eval_iters: int = opt(20, "validation batches per evaluation (the same fixed ones every time)")
-    log_interval: int = opt(10, "update the progress bar every this many steps")
-    ckpt_interval: int = opt(0, "write ckpt.pt every this many steps (0 = at each evaluation) and at the end")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
+    batch_size: int = opt(8, "sequences per micro-batch, per process", ge=1)
+    grad_accum: int = opt(1, "micro-batches per optimizer step, summed over all processes (divisible by their number)",
+                          ge=1)
+    max_iters: int = opt(1000, "optimizer steps", ge=1)
+    learning_rate: float = opt(6e-4, "peak learning rate", gt=0, le=MAX_LR)
+    min_lr: float = opt(6e-5, "learning rate at the end of the cosine decay", ge=0, le=MAX_LR)
+    warmup_iters: int = opt(100, "linear warmup steps", ge=0)
+    lr_decay_iters: int = opt(0, "step where the cosine decay reaches min_lr (0 = max_iters)", ge=0)
+    weight_decay: float = opt(0.1, "AdamW weight decay (matrices only)", ge=0)
+    beta1: float = opt(0.9, "AdamW beta1", ge=0, lt=1)
+    beta2: float = opt(0.95, "AdamW beta2", ge=0, lt=1)
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
+    dropout: float = opt(0.0, "dropout probability", ge=0, lt=1)
+    eval_interval: int = opt(250, "evaluate every this many steps (and at the end)", ge=1)
+    eval_iters: int = opt(20, "validation batches per evaluation (the same fixed ones every time)", ge=1)
+    log_interval: int = opt(10, "update the progress bar every this many steps", ge=1)
+    ckpt_interval: int = opt(0, "write ckpt.pt every this many steps (0 = at each evaluation) and at the end", ge=0)
+    device: str = opt("auto", "where to run", choices=DEVICES)
+    dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
     compile: bool = opt(False, "torch.compile the model (recommended on GPU)")
-    seed: int = opt(1337, "seeds model init, dropout and the batches")
+    seed: int = opt(1337, "seeds model init, dropout and the batches", ge=0)
     on_nonfinite: str = opt("stop", "a step whose loss or gradient norm is inf/NaN never updates the weights: 'stop' "
-                                    "the run (ckpt.pt keeps the last good weights) or 'skip' that update")
-    max_skips: int = opt(10, "with on_nonfinite=skip: stop at this many non-finite steps in a row")
+                                    "the run (ckpt.pt keeps the last good weights) or 'skip' that update",
+                            choices=("stop", "skip"))
+    max_skips: int = opt(10, "with on_nonfinite=skip: stop at this many non-finite steps in a row", ge=1)
+    overwrite: bool = opt(False, "a fresh run into an out_dir holding an earlier run's log.jsonl or ckpt.pt deletes "
+                                 "them first (without it, such a run is refused)")
 
     def validate(self) -> None:
-        """One line for the first option out of range (called at the start of main)."""
-        at_least(self, 1, "batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval",
-                 "max_skips")
-        at_least(self, 0, "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip",
-                 "ckpt_interval")
-        fraction(self, "beta1", "beta2", "dropout")
-        one_of(self, "on_nonfinite", ("stop", "skip"))
+        """The cross-option checks (check_config checks each option's range)."""
+        if self.resume and self.overwrite:
+            raise UserError("--resume continues out_dir's run and --overwrite deletes it: pass one of them")
 
 
 # Options that --resume may change: how long the run goes, how often it evaluates, logs and saves, where it runs.
 # The model, the data and the optimiser stay (max_iters also moves the end of the decay if lr_decay_iters is 0).
 RESUMABLE = {"out_dir", "resume", "max_iters", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
-             "device", "compile", "on_nonfinite", "max_skips", "bpe_file"}
+             "device", "compile", "on_nonfinite", "max_skips", "bpe_file", "overwrite"}
 
 
 @dataclass
 class TrainConfig(LoopConfig):
     """Pretrain a GPT on prepared token shards, with (pause_frac > 0) or without pauses."""
     data_dir: str = opt("data/c4", "prepared shards and meta.json (python data.py prepare)")
-    pause_frac: float = opt(0.0, "pauses injected per window, as a fraction of block_size: 0 = StdPT, 0.1 = PausePT")
-    n_layer: int = opt(12, "transformer blocks")
-    n_head: int = opt(12, "attention heads")
-    n_embd: int = opt(768, "embedding width")
-    mlp_hidden: int = opt(0, "MLP hidden width (0 = 4 x n_embd)")
-    block_size: int = opt(1024, "context length T")
+    pause_frac: float = opt(0.0, "pauses injected per window, as a fraction of block_size: 0 = StdPT, 0.1 = PausePT",
+                            ge=0, lt=1)
+    n_layer: int = opt(12, "transformer blocks", ge=1)
+    n_head: int = opt(12, "attention heads", ge=1)
+    n_embd: int = opt(768, "embedding width", ge=1)
+    mlp_hidden: int = opt(0, "MLP hidden width (0 = 4 x n_embd)", ge=0)
+    block_size: int = opt(1024, "context length T", ge=1)
     bias: bool = opt(False, "biases in Linear and LayerNorm layers")
-    pos: str = opt("learned", "position embeddings: learned (GPT-2) or rope (rotary, no position parameters)")
+    pos: str = opt("learned", "position embeddings: learned (GPT-2) or rope (rotary, no position parameters)",
+                   choices=("learned", "rope"))
 
     def validate(self) -> None:
         super().validate()
-        at_least(self, 1, "n_layer", "n_head", "n_embd", "block_size")
-        fraction(self, "pause_frac")
         if self.n_embd % self.n_head:
             raise UserError(f"--n_head={self.n_head} must divide --n_embd={self.n_embd}")
 
@@ -106,8 +110,7 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.path, json.dumps(record))  # a full disk: one line, and no partial record
 
     def size(self) -> int | None:
         return os.path.getsize(self.path) if self.path and os.path.exists(self.path) else None
@@ -221,10 +224,34 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         save(cfg.max_iters, rng_state())
 
 
+@contextlib.contextmanager
+def own_out_dir(cfg, rt):
+    """While the run lasts, it is out_dir's only writer (a lock); a fresh run never mixes its log with an earlier
+    run's (--resume continues that run, --overwrite deletes it); temp files of killed writers are deleted."""
+    if not rt.master:
+        yield
+        return
+    ensure_writable_dir(cfg.out_dir)  # a read-only out_dir is one line now, not at the first checkpoint
+    with lock_dir(cfg.out_dir, "train.py or finetune.py run", "train"):
+        remove_stale_temps(cfg.out_dir)
+        used = [name for name in ("ckpt.pt", "log.jsonl") if os.path.exists(os.path.join(cfg.out_dir, name))]
+        if used and not cfg.resume and not cfg.overwrite:
+            raise UserError(f"{cfg.out_dir} holds an earlier run's {' and '.join(used)}: pass --resume to continue it, "
+                            "--overwrite to replace it, or choose another --out_dir")
+        for name in used if cfg.overwrite else []:
+            os.remove(os.path.join(cfg.out_dir, name))
+        yield
+
+
+def resume_or_restart(out_dir: str) -> dict:
+    """The options of a run into out_dir that an experiment reruns: resume its checkpoint, or start afresh (deleting
+    the log of a run that was stopped before its first checkpoint)."""
+    has_ckpt = os.path.exists(os.path.join(out_dir, "ckpt.pt"))
+    return {"resume": has_ckpt, "overwrite": not has_ckpt}
+
+
 def start(cfg, rt, gpt_config: GPTConfig) -> tuple[GPT, torch.optim.Optimizer, int, MetricsLog]:
     """Build the model and optimizer, restore them from out_dir/ckpt.pt if cfg.resume, open the log."""
-    if rt.master:
-        ensure_writable_dir(cfg.out_dir)  # a read-only out_dir is one line now, not at the first checkpoint
     model = GPT(gpt_config).to(rt.device)
     optimizer = make_optimizer(model, cfg)
     step, ckpt_path, changed, log_offset = 0, os.path.join(cfg.out_dir, "ckpt.pt"), None, None
@@ -241,8 +268,6 @@ def start(cfg, rt, gpt_config: GPTConfig) -> tuple[GPT, torch.optim.Optimizer, i
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["meta"]["rng"])
         log_offset = ckpt["meta"].get("log_offset")
-    elif rt.master and os.path.exists(ckpt_path):
-        raise UserError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out_dir")
     log = MetricsLog(os.path.join(cfg.out_dir, "log.jsonl") if rt.master else None,
                      {"config": dataclasses.asdict(cfg), "resumed_at": step if cfg.resume else None,
                       **({"changed_on_resume": changed} if changed else {}),
@@ -278,23 +303,26 @@ def pretrain_eval(model, data, cfg, rt) -> dict:
 
 
 def main(cfg: TrainConfig) -> None:
-    from data import PretrainData
-    cfg.validate()
-    if cfg.pos not in ("learned", "rope"):
-        raise UserError(f"--pos must be learned or rope, not {cfg.pos!r}")
+    check_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
-        data = PretrainData(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.pause_frac, cfg.seed)
-        gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab(data.vocab_size),
-                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                               mlp_hidden=cfg.mlp_hidden,
-                               dropout=cfg.dropout, bias=cfg.bias, pause_id=data.pause_id, pos=cfg.pos)
-        model, optimizer, step, log = start(cfg, rt, gpt_config)
-        meta = {"kind": "pretrain", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
-                "tokenizer": data.meta["tokenizer"]}
-        fit(cfg, rt, model, optimizer, data.batch, lambda m: pretrain_eval(m, data, cfg, rt), meta, step, log)
+        with own_out_dir(cfg, rt):
+            pretrain(cfg, rt)
     finally:
         teardown(rt)
+
+
+def pretrain(cfg: TrainConfig, rt) -> None:
+    """Build the data and model (or restore them, with --resume) and run `fit`."""
+    from data import PretrainData
+    data = PretrainData(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.pause_frac, cfg.seed)
+    gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab(data.vocab_size),
+                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, mlp_hidden=cfg.mlp_hidden,
+                           dropout=cfg.dropout, bias=cfg.bias, pause_id=data.pause_id, pos=cfg.pos)
+    model, optimizer, step, log = start(cfg, rt, gpt_config)
+    meta = {"kind": "pretrain", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
+            "tokenizer": data.meta["tokenizer"]}
+    fit(cfg, rt, model, optimizer, data.batch, lambda m: pretrain_eval(m, data, cfg, rt), meta, step, log)
 
 
 if __name__ == "__main__":

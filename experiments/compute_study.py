@@ -35,9 +35,10 @@ import flops
 import plots
 import tasks
 import train
-from common import UserError, load_checkpoint, opt, parse_config, run_main, save_checkpoint
+from common import (DEVICES, UserError, check_config, load_checkpoint, opt, parse_config, run_main, save_checkpoint,
+                    write_json, write_text)
 from experiments import separation, synth
-from experiments.curriculum import CurriculumConfig, CurriculumData
+from experiments.curriculum import COT_KINDS, CurriculumConfig, CurriculumData
 from experiments.study import CPU_PRETRAIN, CPU_SYNTH
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, from_meta, padded_vocab
@@ -53,30 +54,30 @@ MATCHED = {"curriculum": ["StdFT_matched", "Deep_StdFT"], "separation": ["NoPaus
 @dataclass
 class ComputeStudyConfig:
     """Two experiments that look for a pause gain surviving compute matching; see the module doc."""
-    experiment: str = opt("curriculum", f"which experiment: {', '.join(EXPERIMENTS)}")
+    experiment: str = opt("curriculum", "which experiment", choices=tuple(EXPERIMENTS))
     out_dir: str = opt("out/compute", "results go to OUT_DIR/EXPERIMENT/ (seedK/ARM/, summary.md, summary.json, plots)")
-    seeds: int = opt(5, "seeds 0..N-1 (each a fresh pretraining, finetuning and initialisation)")
-    only_seed: int = opt(-1, "run this seed only (-1 = all); for running seeds as separate processes")
+    seeds: int = opt(5, "seeds 0..N-1 (each a fresh pretraining, finetuning and initialisation)", ge=1)
+    only_seed: int = opt(-1, "run this seed only (-1 = all); for running seeds as separate processes", ge=-1)
     only_arm: str = opt("", "run this arm only ('pretrain' = the seed's pretraining only); default all")
     aggregate: bool = opt(False, "train nothing: collect the finished runs of --seeds and write the summary and plots")
     pt_iters: int = opt(CPU_PRETRAIN["max_iters"], "curriculum: pretraining steps of the 3-layer StdPT (config/tiny.toml; "
                                                    "the deep model gets as many FLOPs)")
-    m_ft: int = opt(12, "curriculum: pauses of PauseFT and CurriculumFT (the CoT is 12 sorted numbers)")
-    ft_iters: int = opt(2500, "curriculum: finetuning steps of StdFT, PauseFT and CurriculumFT")
-    ft_batch_size: int = opt(64, "curriculum: finetuning batch size")
-    ft_lr: float = opt(1e-3, "curriculum: finetuning peak learning rate")
-    cot: str = opt("sorted", "curriculum: the chain of thought (curriculum.py: sorted or gaps)")
-    cot_frac: float = opt(0.5, "curriculum: share of the steps walking the CoT stages")
-    cot_mix: float = opt(0.3, "curriculum: probability of an example from an earlier stage")
-    max_examples: int = opt(1000, "test questions evaluated (0 = all)")
-    bits: int = opt(12, "separation: bits of a val/test parity question (also the pause arm's M)")
-    train_bits: list[int] = opt([2, 12], "separation: bits of training questions, lo,hi")
-    sep_n_train: int = opt(3000, "separation: distinct training questions (bit strings are few: 2..12 bits, 8188)")
-    sep_layers: int = opt(2, "separation: layers of the NoPause and Pause models")
-    sep_iters: int = opt(3000, "separation: steps of NoPause and Pause")
-    sep_lr: float = opt(1e-3, "separation: peak learning rate")
-    sep_batch_size: int = opt(64, "separation: batch size")
-    device: str = opt("cpu", "cpu (the budgets above are for 2 CPU cores), cuda or auto")
+    m_ft: int = opt(12, "curriculum: pauses of PauseFT and CurriculumFT (the CoT is 12 sorted numbers)", ge=1)
+    ft_iters: int = opt(2500, "curriculum: finetuning steps of StdFT, PauseFT and CurriculumFT", ge=1)
+    ft_batch_size: int = opt(64, "curriculum: finetuning batch size", ge=1)
+    ft_lr: float = opt(1e-3, "curriculum: finetuning peak learning rate", gt=0, le=train.MAX_LR)
+    cot: str = opt("sorted", "curriculum: the chain of thought (curriculum.py)", choices=COT_KINDS)
+    cot_frac: float = opt(0.5, "curriculum: share of the steps walking the CoT stages", gt=0, le=1)
+    cot_mix: float = opt(0.3, "curriculum: probability of an example from an earlier stage", ge=0, le=1)
+    max_examples: int = opt(1000, "test questions evaluated (0 = all)", ge=0)
+    bits: int = opt(12, "separation: bits of a val/test parity question (also the pause arm's M)", ge=1)
+    train_bits: list[int] = opt([2, 12], "separation: bits of training questions, lo,hi", ge=1)
+    sep_n_train: int = opt(3000, "separation: distinct training questions (bit strings are few: 2..12 bits, 8188)", ge=1)
+    sep_layers: int = opt(2, "separation: layers of the NoPause and Pause models", ge=1)
+    sep_iters: int = opt(3000, "separation: steps of NoPause and Pause", ge=1)
+    sep_lr: float = opt(1e-3, "separation: peak learning rate", gt=0, le=train.MAX_LR)
+    sep_batch_size: int = opt(64, "separation: batch size", ge=1)
+    device: str = opt("cpu", "where to run (the budgets above are for 2 CPU cores)", choices=DEVICES)
 
 
 def mean_step_flops(ft: finetune.FinetuneConfig, tok, conf: GPTConfig, steps: int = 20) -> float:
@@ -108,7 +109,7 @@ def ft_config(cfg: ComputeStudyConfig, out: str, init: str, task_file: str, seed
     return cls(init_from=init, task="lambada", task_file=task_file, out_dir=out, m_ft=str(m_ft), max_iters=iters,
                batch_size=bs, learning_rate=lr, min_lr=lr / 10, warmup_iters=min(100, iters // 10),
                eval_interval=max(1, iters // 4), seed=seed, device=cfg.device, log_interval=50,
-               resume=os.path.exists(os.path.join(out, "ckpt.pt")), **kw)
+               **train.resume_or_restart(out), **kw)
 
 
 def done(ckpt: str, steps: int) -> bool:
@@ -128,7 +129,7 @@ def pretrain(cfg: ComputeStudyConfig, root: str, seed: int, prepared: str, conf:
     if build and not done(ckpt, iters):
         overrides = {**CPU_PRETRAIN, "n_layer": conf.n_layer, "max_iters": iters}
         train.main(train.TrainConfig(**overrides, data_dir=prepared, out_dir=out, seed=seed, device=cfg.device,
-                                     resume=os.path.exists(ckpt)))
+                                     **train.resume_or_restart(out)))
     return ckpt
 
 
@@ -141,7 +142,7 @@ def curriculum_seed(cfg: ComputeStudyConfig, root: str, seed: int, build: bool =
         data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
                                         val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
                                         tokenizer="word", workers=1))
-    meta = json.load(open(os.path.join(prepared, "meta.json")))
+    meta = data.load_meta(prepared)
     tok = from_meta(meta["tokenizer"])
     conf = GPTConfig(block_size=CPU_PRETRAIN["block_size"], vocab_size=padded_vocab(tok.vocab_size),
                      n_layer=CPU_PRETRAIN["n_layer"], n_head=CPU_PRETRAIN["n_head"], n_embd=CPU_PRETRAIN["n_embd"],
@@ -257,8 +258,7 @@ def summarize(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: lis
              if (p := paired(records, a, b))]
     summary = {"experiment": cfg.experiment, "config": dataclasses.asdict(cfg), "arms": rows, "paired": pairs,
                "records": records}
-    with open(os.path.join(root, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(root, "summary.json"), summary)
     n_seeds = len({r["seed"] for r in records})
     lines = [f"# Pauses at equal compute: {cfg.experiment}, {n_seeds} seed(s)", "",
              "Exact match on the test questions at M_inf = M_ft, mean ± std over seeds. FLOPs from flops.py: training "
@@ -275,8 +275,7 @@ def summarize(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: lis
     for p in pairs:
         lines.append(f"| {p['arm']} | {p['vs']} | {p['n_seeds']} | {100 * p['mean_diff']:+.1f} | {100 * p['stderr']:.1f} | "
                      f"{p['t']:.1f} | {p['wins']}/{p['n_seeds']} |")
-    with open(os.path.join(root, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(root, "summary.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     for key, label in (("train_flops", "training FLOPs (pretraining + finetuning)"),
                        ("infer_flops", "inference FLOPs per example")):
@@ -285,13 +284,12 @@ def summarize(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: lis
 
 
 def main(cfg: ComputeStudyConfig) -> dict | None:
-    if cfg.experiment not in EXPERIMENTS:
-        raise UserError(f"unknown --experiment={cfg.experiment!r}; choose {', '.join(EXPERIMENTS)}")
+    check_config(cfg)
     arms = EXPERIMENTS[cfg.experiment]
     if cfg.only_arm not in ("", "pretrain", *arms):
         raise UserError(f"--only_arm must be one of pretrain, {', '.join(arms)}; got {cfg.only_arm!r}")
-    if cfg.seeds < 1 or cfg.only_seed >= cfg.seeds:
-        raise UserError(f"--only_seed={cfg.only_seed} must be below --seeds={cfg.seeds} (>= 1)")
+    if cfg.only_seed >= cfg.seeds:
+        raise UserError(f"--only_seed={cfg.only_seed} must be below --seeds={cfg.seeds}")
     root = os.path.join(cfg.out_dir, cfg.experiment)
     os.makedirs(root, exist_ok=True)
     seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))

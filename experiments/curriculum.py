@@ -32,10 +32,11 @@ COT_KINDS = ("sorted", "gaps")
 @dataclass
 class CurriculumConfig(FinetuneConfig):
     """finetune.py's options plus the curriculum's: finetune through a CoT whose tokens become pauses."""
-    cot: str = opt("sorted", "the chain of thought whose tokens are replaced by pauses one stage at a time: "
-                             "sorted or gaps (largest-gap task)")
-    cot_frac: float = opt(0.5, "share of the steps spent walking stages 0..C-1; the rest is PauseFT's format")
-    cot_mix: float = opt(0.3, "probability that an example is drawn from an earlier stage")
+    cot: str = opt("sorted", "the chain of thought whose tokens are replaced by pauses one stage at a time "
+                             "(largest-gap task)", choices=COT_KINDS)
+    cot_frac: float = opt(0.5, "share of the steps spent walking stages 0..C-1; the rest is PauseFT's format",
+                          gt=0, le=1)
+    cot_mix: float = opt(0.3, "probability that an example is drawn from an earlier stage", ge=0, le=1)
 
 
 def largest_gap_cot(prefix: str, kind: str) -> str:
@@ -72,8 +73,6 @@ class CurriculumData(FinetuneData):
         super().__init__(cfg, tok, block_size)
         if self.m_lo != self.m_hi or self.m_hi < 1 or cfg.filler or cfg.prepend:
             raise UserError("--cot needs a fixed --m_ft >= 1 and no --filler or --prepend")
-        if not 0 < cfg.cot_frac <= 1 or not 0 <= cfg.cot_mix <= 1:
-            raise UserError(f"--cot_frac must be in (0, 1] and --cot_mix in [0, 1], got {cfg.cot_frac}, {cfg.cot_mix}")
         self.cot = [tok.encode(largest_gap_cot(tok.decode(p), cfg.cot)) for p, _ in self.ids]
         self.n_cot = max(map(len, self.cot))
         self.max_iters, self.cot_frac, self.cot_mix = cfg.max_iters, cfg.cot_frac, cfg.cot_mix

@@ -16,7 +16,7 @@ import os
 import random
 from dataclasses import dataclass
 
-from common import UserError, opt, parse_config, run_main
+from common import UserError, atomic_open, opt, parse_config, run_main
 
 WORDS = ("parity", "0", "1", "even", "odd")
 
@@ -51,7 +51,7 @@ def write_parity(out_dir: str, n: int = 8, train_n: tuple[int, int] | None = Non
     splits["train"] = _draw(rng, n_train, (lo, hi), used)
     os.makedirs(out_dir, exist_ok=True)
     for name, rows in splits.items():
-        with open(os.path.join(out_dir, f"{name}.jsonl"), "w") as f:
+        with atomic_open(os.path.join(out_dir, f"{name}.jsonl"), "w") as f:
             f.writelines(json.dumps({"text": parity_text(bits)}) + "\n" for bits in rows)
     return {name: len(rows) for name, rows in splits.items()}
 
@@ -60,12 +60,12 @@ def write_parity(out_dir: str, n: int = 8, train_n: tuple[int, int] | None = Non
 class ParityConfig:
     """Write the n-bit parity task (LAMBADA layout) as train/val/test.jsonl."""
     out_dir: str = opt("data/parity", "folder for train.jsonl, val.jsonl and test.jsonl")
-    n: int = opt(8, "bits per val and test question")
-    train_n: list[int] = opt([], "bits per training question: lo,hi drawn uniformly (default: n)")
-    n_train: int = opt(2000, "training questions")
-    n_val: int = opt(200, "validation questions")
-    n_test: int = opt(500, "test questions (reported only)")
-    seed: int = opt(0, "seed of all three splits")
+    n: int = opt(8, "bits per val and test question", ge=1)
+    train_n: list[int] = opt([], "bits per training question: lo,hi drawn uniformly (default: n)", ge=1)
+    n_train: int = opt(2000, "training questions", ge=1)
+    n_val: int = opt(200, "validation questions", ge=0)
+    n_test: int = opt(500, "test questions (reported only)", ge=1)
+    seed: int = opt(0, "seed of all three splits", ge=0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,8 @@ import flops
 import plots
 import tasks
 import train
-from common import UserError, load_checkpoint, load_toml, opt, parse_config, run_main
+from common import (DEVICES, DTYPES, UserError, check_config, load_checkpoint, load_toml, opt, parse_config, run_main,
+                    write_json, write_text)
 from experiments import synth
 
 VARIANTS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
@@ -50,15 +51,15 @@ class StudyConfig:
     """Run the four variants (and ablations) of one task over an M_inf sweep; write tables and plots."""
     out_dir: str = opt("out/study", "everything goes here: seed*/, synth/, data/, summary.md, summary.json, *.png")
     preset: str = opt("", "'cpu': the synthetic largest-gap demo, from data generation to plots (sets the defaults below)")
-    task: str = opt("gsm8k", f"task name: {', '.join(tasks.TASKS)}")
+    task: str = opt("gsm8k", "task name", choices=tuple(tasks.TASKS))
     task_train: str = opt("", "finetuning file (default: data/tasks/TASK/<train file>)")
     task_val: str = opt("", "validation file, where choices are made (cpu preset: its val split; none: test only)")
     task_eval: str = opt("", "test file (default: data/tasks/TASK/<eval file>)")
     std_ckpt: str = opt("", "StdPT checkpoint (train.py --pause_frac=0)")
     pause_ckpt: str = opt("", "PausePT checkpoint (train.py --pause_frac=0.1)")
-    m_ft: int = opt(10, "pauses in PauseFT")
-    m_inf: list[int] = opt([0, 1, 2, 5, 10, 20], "the M_inf sweep")
-    extra_m_ft: list[int] = opt([], "ablation: more M_ft values for PausePT_PauseFT (e.g. 50)")
+    m_ft: int = opt(10, "pauses in PauseFT", ge=1)
+    m_inf: list[int] = opt([0, 1, 2, 5, 10, 20], "the M_inf sweep", ge=0)
+    extra_m_ft: list[int] = opt([], "ablation: more M_ft values for PausePT_PauseFT (e.g. 50)", ge=1)
     random_m_ft: str = opt("", "ablation (beyond the paper): *_PauseFT_rand arms finetuned with M_ft drawn from lo:hi "
                                "per example (e.g. 0:24), compared at M_inf = m_ft")
     inference_filler: str = opt("", "the paper's filler ablation: *_InfFiller arms evaluate StdPT_StdFT and "
@@ -68,19 +69,20 @@ class StudyConfig:
     prepend: bool = opt(False, "ablation: PausePT_PauseFT with the pauses before the prompt")
     compute_matched: bool = opt(False, "add StdPT_StdFT_matched: StdFT on as many input tokens as PauseFT, pauses counted")
     rope: bool = opt(False, "ablation (cpu preset): pretrain with rotary positions too; *_rope arms")
-    cpu_n: list[int] = opt([8, 16], "cpu preset: numbers per question, lo,hi (12 = the old fixed-length task)")
-    seeds: int = opt(1, "repeat with seeds 0..N-1 (cpu preset: pretraining too); report mean ± std and paired differences")
-    only_seed: int = opt(-1, "run only this seed and write no summary (parallel runs; then --seeds=N reuses them)")
+    cpu_n: list[int] = opt([8, 16], "cpu preset: numbers per question, lo,hi (12 = the old fixed-length task)", ge=2)
+    seeds: int = opt(1, "repeat with seeds 0..N-1 (cpu preset: pretraining too); report mean ± std and paired differences",
+                     ge=1)
+    only_seed: int = opt(-1, "run only this seed and write no summary (parallel runs; then --seeds=N reuses them)", ge=-1)
     arms: list[str] = opt([], "run only these arms (e.g. PausePT_PauseFT_rope); the others are left as they are")
     aggregate_only: bool = opt(False, "train and evaluate nothing: summarise the results files already in out_dir "
                                       "(e.g. copied from another machine without checkpoints); arms without one are left out")
-    ft_iters: int = opt(1000, "finetuning steps")
-    ft_batch_size: int = opt(16, "finetuning batch size")
-    ft_lr: float = opt(1e-4, "finetuning peak learning rate")
-    max_examples: int = opt(0, "evaluate on the first N examples of each split only (0 = all)")
-    eval_batch_size: int = opt(256, "sequences per evaluation forward pass")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = opt("auto", "auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16")
+    ft_iters: int = opt(1000, "finetuning steps", ge=1)
+    ft_batch_size: int = opt(16, "finetuning batch size", ge=1)
+    ft_lr: float = opt(1e-4, "finetuning peak learning rate", gt=0, le=train.MAX_LR)
+    max_examples: int = opt(0, "evaluate on the first N examples of each split only (0 = all)", ge=0)
+    eval_batch_size: int = opt(256, "sequences per evaluation forward pass", ge=1)
+    device: str = opt("auto", "where to run", choices=DEVICES)
+    dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
 
 
 def apply_preset(cfg: StudyConfig, argv: list[str]) -> StudyConfig:
@@ -122,7 +124,7 @@ def cpu_pretrain(cfg: StudyConfig, seed: int, prepared: str, names: list[str]) -
             train.main(train.TrainConfig(**CPU_PRETRAIN, **rope, data_dir=prepared, out_dir=out, seed=seed,
                                          pause_frac=0.1 if name.startswith("PausePT") else 0.0,
                                          device=cfg.device, dtype=cfg.dtype,
-                                         resume=os.path.exists(ckpts[name])))
+                                         **train.resume_or_restart(out)))
     return ckpts
 
 
@@ -187,7 +189,7 @@ def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, 
                 max_iters=iters, batch_size=cfg.ft_batch_size, learning_rate=cfg.ft_lr, min_lr=cfg.ft_lr / 10,
                 warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4), seed=seed,
                 device=cfg.device, dtype=cfg.dtype,
-                resume=os.path.exists(ckpt), log_interval=50))
+                **train.resume_or_restart(os.path.dirname(ckpt)), log_interval=50))
         for split in SPLITS:
             if not files.get(split):
                 continue
@@ -331,8 +333,7 @@ def write_summary(cfg: StudyConfig, records: list[dict], runs: list[dict], elaps
     pairs = {s: comparisons([r for r in records if r.get("split", "test") == s], metric, runs, cfg.m_inf) for s in splits}
     summary = {"task": cfg.task, "metric": metric, "config": dataclasses.asdict(cfg), "elapsed_s": elapsed,
                "aggregated": agg, "paired": pairs.get("test", []), "paired_by_split": pairs, "records": records}
-    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
     n_seeds = len({r["seed"] for r in records})
     lines = [f"# Study: {cfg.task}, {metric}, {n_seeds} seed(s), M_ft = {cfg.m_ft}", "",
              f"Mean ± std over seeds (± stderr of the estimate with one seed); {elapsed / 60:.1f} min. "
@@ -347,19 +348,15 @@ def write_summary(cfg: StudyConfig, records: list[dict], runs: list[dict], elaps
                   + ", ".join(f"{k} {n} steps" for k, n in matched.items()) + ".", ""]
     for s in splits:
         lines += pair_table(pairs[s], s)
-    with open(os.path.join(cfg.out_dir, "summary.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(os.path.join(cfg.out_dir, "summary.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return summary
 
 
 def main(cfg: StudyConfig) -> None:
     t0 = time.time()
+    check_config(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    if cfg.task not in tasks.TASKS:
-        raise UserError(f"unknown task {cfg.task!r}; choose one of {', '.join(tasks.TASKS)}")
-    if cfg.seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {cfg.seeds}")
     if cfg.preset != "cpu" and not (cfg.std_ckpt and cfg.pause_ckpt):
         raise UserError("give --std_ckpt and --pause_ckpt (pretraining checkpoints), or --preset=cpu")
     if cfg.rope and cfg.preset != "cpu":

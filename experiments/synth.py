@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from common import UserError, ensure_writable_dir, opt, parse_config, run_main
+from common import UserError, atomic_open, ensure_writable_dir, opt, parse_config, run_main
 
 KINDS = ("gap", "min", "max", "sort")
 LAYOUTS = ("lambada", "gsm8k")
@@ -79,7 +79,7 @@ def _draw(rng: random.Random, count: int, n_range: tuple[int, int], lo: int, hi:
 
 
 def _write_jsonl(path: str, values_list: list[list[int]], layout: str) -> None:
-    with open(path, "w") as f:
+    with atomic_open(path, "w") as f:
         for values in values_list:
             question, answer = task_text("gap", values)
             row = {"question": question, "answer": answer} if layout == "gsm8k" else \
@@ -174,7 +174,7 @@ def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tup
         lines.append(json.dumps({"text": text, "timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
                                  "url": f"https://largest-gap.example/doc/{seed}-{i:06d}"}))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "wb") as f:  # mtime=0: same seeds, same bytes
+    with atomic_open(out_path) as f:  # mtime=0: same seeds, same bytes
         f.write(gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6, mtime=0))
     return {"path": out_path, "docs": len(docs), "problems": sum(map(len, docs)), "tokens": tokens,
             "filled": filled, "missing": sorted(task_words(lo, hi, layout) - words)}
@@ -184,23 +184,24 @@ def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tup
 class SynthConfig:
     """Write the largest-gap task (train/val/test) and its pretraining corpus (C4 format)."""
     out_dir: str = opt("data/synth", "folder for train.jsonl, val.jsonl, test.jsonl and the c4-*.json.gz corpus")
-    n: list[int] = opt([12], "numbers per task question: one value, or lo,hi for a uniform draw per question (8,16)")
-    lo: int = opt(0, "smallest number")
-    hi: int = opt(64, "numbers are below hi")
-    n_train: int = opt(20000, "finetuning questions")
-    n_val: int = opt(1000, "validation questions: every choice (steps, lr, M_ft, layout) is made on these")
-    n_test: int = opt(2000, "test questions (reported only; never in train, val nor the corpus)")
-    seed: int = opt(0, "seed of the train split; the corpus uses seed+1 (train) and seed+2 (validation)")
-    val_seed: int | None = opt(None, "seed of the validation split (none: seed+2000)")
-    test_seed: int | None = opt(None, "seed of the test split (none: seed+1000)")
-    corpus_docs: int = opt(2000, "pretraining documents")
-    val_docs: int = opt(100, "validation documents")
-    problems_per_doc: int = opt(64, "solved problems per document")
-    corpus_n: list[int] = opt([4, 12], "smallest,largest n of corpus problems")
-    kinds: list[str] = opt(list(KINDS), "problem kinds in the corpus")
+    n: list[int] = opt([12], "numbers per task question: one value, or lo,hi for a uniform draw per question (8,16)",
+                       ge=2)
+    lo: int = opt(0, "smallest number", ge=0)
+    hi: int = opt(64, "numbers are below hi", ge=1)
+    n_train: int = opt(20000, "finetuning questions", ge=1)
+    n_val: int = opt(1000, "validation questions: every choice (steps, lr, M_ft, layout) is made on these", ge=0)
+    n_test: int = opt(2000, "test questions (reported only; never in train, val nor the corpus)", ge=1)
+    seed: int = opt(0, "seed of the train split; the corpus uses seed+1 (train) and seed+2 (validation)", ge=0)
+    val_seed: int | None = opt(None, "seed of the validation split (none: seed+2000)", ge=0)
+    test_seed: int | None = opt(None, "seed of the test split (none: seed+1000)", ge=0)
+    corpus_docs: int = opt(2000, "pretraining documents", ge=1)
+    val_docs: int = opt(100, "validation documents", ge=1)
+    problems_per_doc: int = opt(64, "solved problems per document", ge=1)
+    corpus_n: list[int] = opt([4, 12], "smallest,largest n of corpus problems", ge=1)
+    kinds: list[str] = opt(list(KINDS), "problem kinds in the corpus", choices=tuple(KINDS))
     end_word: str = opt(".", "word that ends every corpus document, so it is in the vocabulary (the paper's filler)")
     layout: str = opt("lambada", "task format and problem layout: 'lambada' (gap 3 17 8 9) or 'gsm8k' "
-                                 "(Question: gap 3 17 8\\nAnswer: #### 9)")
+                                 "(Question: gap 3 17 8\\nAnswer: #### 9)", choices=tuple(LAYOUTS))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,7 +68,7 @@ def test_sample_bad_inputs(tmp_path, capsys):
     assert "does not exist" in sample_error([f"--ckpt={tmp_path}/none.pt"], capsys)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert "corrupt" in sample_error([f"--ckpt={tmp_path}/bad.pt"], capsys)
-    assert ">= 0" in sample_error([f"--ckpt={path}", "--m_inf=-2", "--prompt=abc"], capsys)
+    assert "--m_inf must be an integer >= -1" in sample_error([f"--ckpt={path}", "--m_inf=-2", "--prompt=abc"], capsys)
     assert "block size" in sample_error([f"--ckpt={path}", "--m_inf=10", "--prompt=abcabc"], capsys)
     wrong = dataclasses.replace(conf, pause_id=3)  # a model whose pause slot is not its tokenizer's
     save_checkpoint(str(tmp_path / "other.pt"), GPT(wrong), None,

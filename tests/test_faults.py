@@ -326,19 +326,23 @@ def test_skip_drops_the_update_logs_it_and_stops_after_max_skips_in_a_row(char_d
 # ----------------------------------------------------------------------------- 3. disk errors: one line, exit 2
 
 
-def full_disk(monkeypatch, name_part: str, after: int = 0, code: int = errno.ENOSPC) -> None:
-    """Files written through common (atomic_open, the probes) whose name contains `name_part` fail with
-    `code` once `after` bytes are written, as on a full (or read-only) disk; in prepare's workers too."""
-    real = open
+def full_disk(monkeypatch, name_part: str, after: int = 0, code: int = errno.ENOSPC, nth_open: int = 0,
+              error: BaseException | None = None) -> None:
+    """Files written through common (atomic_open, appends, the probes) whose name contains `name_part` take
+    `after` bytes, then fail with `code` (or raise `error`), as on a full (or read-only) disk; in prepare's
+    workers too. nth_open > 0: only the nth such file fails."""
+    real, opened = open, [0]
 
     class Failing:
         def __init__(self, f):
             self.f, self.n = f, 0
 
         def write(self, b):
-            self.n += len(b)
+            room, self.n = after - self.n, self.n + len(b)
             if self.n > after:
-                raise OSError(code, os.strerror(code))
+                self.f.write(b[:max(room, 0)])  # what still fits, as a disk that fills up mid-write
+                self.f.flush()
+                raise error or OSError(code, os.strerror(code))
             return self.f.write(b)
 
         def __getattr__(self, name):
@@ -352,7 +356,10 @@ def full_disk(monkeypatch, name_part: str, after: int = 0, code: int = errno.ENO
 
     def fake_open(path, mode="r", *args, **kw):
         f = real(path, mode, *args, **kw)
-        return Failing(f) if name_part in os.path.basename(str(path)) and "x" in mode else f
+        if name_part not in os.path.basename(str(path)) or not ("x" in mode or "a" in mode):
+            return f
+        opened[0] += 1
+        return Failing(f) if nth_open in (0, opened[0]) else f
 
     monkeypatch.setattr(common, "open", fake_open, raising=False)
 
@@ -365,7 +372,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_keeps_the_last_checkpoint_and_n
     err = cli_error(capsys, train.main, train_cfg(char_data, tmp_path, "--max_iters=4", "--resume"))
     assert err == f"error: cannot write {tmp_path / 'ckpt.pt'}: No space left on device"
     assert (tmp_path / "ckpt.pt").read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "log.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == [".train.lock", "ckpt.pt", "log.jsonl"]
 
 
 def test_a_full_disk_in_prepare_names_the_shard_and_leaves_no_temp(corpus, tmp_path, monkeypatch, capsys):
@@ -412,26 +419,26 @@ def test_an_unwritable_output_is_one_line_naming_it_before_any_work(script, char
 
 
 @pytest.mark.parametrize("option,message", [
-    ("--batch_size=0", "--batch_size must be >= 1, got 0"),
-    ("--eval_interval=0", "--eval_interval must be >= 1, got 0"),
+    ("--batch_size=0", "--batch_size must be an integer >= 1, got 0"),
+    ("--eval_interval=0", "--eval_interval must be an integer >= 1, got 0"),
     ("--n_head=5", "--n_head=5 must divide --n_embd=16"),
-    ("--max_iters=-5", "--max_iters must be >= 1, got -5"),
-    ("--pause_frac=1.5", "--pause_frac must be in [0, 1), got 1.5"),
+    ("--max_iters=-5", "--max_iters must be an integer >= 1, got -5"),
+    ("--pause_frac=1.5", "--pause_frac must be a finite number in [0, 1), got 1.5"),
     ("--on_nonfinite=ignore", "--on_nonfinite must be one of stop, skip, got 'ignore'"),
 ])
 def test_a_bad_train_option_is_one_line(option, message, char_data, tmp_path, capsys):
-    assert cli_error(capsys, train.main, train_cfg(char_data, tmp_path, option)) == f"error: {message}"
+    assert cli_error(capsys, lambda: train.main(train_cfg(char_data, tmp_path, option))) == f"error: {message}"
     assert not os.path.exists(tmp_path / "log.jsonl")
 
 
 @pytest.mark.parametrize("option,message", [
     ("--prompt=FILE:/no/such/prompt.txt", "no such file /no/such/prompt.txt"),
-    ("--num_samples=0", "--num_samples must be >= 1, got 0"),
+    ("--num_samples=0", "--num_samples must be an integer >= 1, got 0"),
 ])
 def test_a_bad_sample_option_is_one_line(option, message, capsys):
     import sample
-    cfg = common.parse_config(sample.SampleConfig, ["--ckpt=missing.pt", option])
-    assert message in cli_error(capsys, sample.main, cfg)
+    assert message in cli_error(capsys, lambda: sample.main(common.parse_config(sample.SampleConfig,
+                                                                                ["--ckpt=missing.pt", option])))
 
 
 def test_resume_refuses_a_changed_run_and_logs_allowed_changes(char_data, tmp_path, capsys):

@@ -161,8 +161,9 @@ def test_bad_inputs(ckpt, task_files, tmp_path, capsys, tok):
     assert "missing.jsonl" in run(["--task=gsm8k", f"--task_file={tmp_path}/missing.jsonl"])
     (tmp_path / "bad.jsonl").write_text('{"question": "gap 1 2", "answer": "#### 1"}\n{not json\n')
     assert "bad.jsonl" in run(["--task=gsm8k", f"--task_file={tmp_path}/bad.jsonl"])
-    assert "unknown task" in run(["--task=gsm9k", f"--task_file={task_files}/test.jsonl"])
-    assert ">= 0" in run(["--task=gsm8k", f"--task_file={task_files}/test.jsonl", "--m_inf=0,-3"])
+    assert "--task must be one of" in run(["--task=gsm9k", f"--task_file={task_files}/test.jsonl"])
+    assert "--m_inf (each value) must be an integer >= -1, got -3" in run(
+        ["--task=gsm8k", f"--task_file={task_files}/test.jsonl", "--m_inf=0,-3"])
     assert (tmp_path / "r.json").read_text() == "[]"
     # a checkpoint whose tokenizer does not know the task's words: another vocabulary
     other = WordTokenizer.build(["completely different words"])
