@@ -40,6 +40,14 @@ def test_unknown_option_is_one_line_and_exit_2(script):
     assert p.stderr.strip().startswith("error: unknown option --no_such_option") and "\n" not in p.stderr.strip()
 
 
+def test_help_shows_a_newline_default_escaped(capsys):
+    import sample
+    with pytest.raises(SystemExit):
+        parse_config(sample.SampleConfig, ["--help"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("--prompt="))
+    assert line.endswith("[\\n]")  # the default prompt, a newline, on the option's own line
+
+
 def test_wrong_type_in_a_config_file_is_refused(tmp_path, capsys):
     import train
     (tmp_path / "bad.toml").write_text('n_layer = "six"\n')
