@@ -31,11 +31,12 @@ ARM_COLORS = {
     "PausePT_PauseFT_prepend": "tab:olive", "StdPT": "tab:gray", "PausePT": "tab:red",
     "StdFT": "tab:gray", "PauseFT": "tab:blue", "CurriculumFT": "tab:purple", "StdFT_matched": "black",
     "Deep_StdFT": "tab:olive", "NoPause": "tab:gray", "Pause": "tab:blue", "NoPause_3x": "black",
-    "Deep_NoPause": "tab:olive",
+    "Deep_NoPause": "tab:olive", "StdPT_StdFT_rope": "goldenrod", "StdPT_PauseFT_rope": "navy",
+    "PausePT_PauseFT_rope": "maroon", "StdPT_StdFT_matched_rope": "teal",
 }
 # Any other label (rope arms, extra M_ft values, user checkpoints) gets a colour fixed by its name alone.
-SPARE_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#17becf", "#bcbd22",
-                "#9467bd", "#8c564b", "#2ca02c"]
+SPARE_COLORS = ["slateblue", "darkkhaki", "orchid", "lime", "deepskyblue", "indigo", "peru", "darkseagreen", "salmon",
+                "darkcyan", "plum", "yellowgreen"]  # none of them in ARM_COLORS
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
 
 
@@ -142,7 +143,8 @@ def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseli
     for i, (label, rs) in enumerate(series.items()):
         xs, ys, es = [r["m_inf"] for r in rs], [_pct(r["value"]) for r in rs], [_pct(_err(r)) for r in rs]
         # nudge each series sideways a little (in inches) so that error bars at the same M_inf stay visible
-        shift = ax.transData + ScaledTranslation(0.04 * (i - (len(series) - 1) / 2), 0, fig.dpi_scale_trans)
+        step = min(0.04, 0.3 / len(series))  # all the nudges together stay within 0.3 inch
+        shift = ax.transData + ScaledTranslation(step * (i - (len(series) - 1) / 2), 0, fig.dpi_scale_trans)
         ax.errorbar(xs, ys, yerr=es, color=colors[label], marker="o", ms=4, capsize=3,
                     lw=1.5, ls="-" if len(rs) > 1 else "none", label=label, transform=shift)
         ax.update_datalim([(x, y + s * e) for x, y, e in zip(xs, ys, es) for s in (-1, 1)])  # not seen via shift
@@ -287,22 +289,25 @@ def accuracy_vs_flops(rows: list[dict], records: list[dict], key: str, label: st
     and a small sideways offset, so that arms at the same point stay visible."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colors, markers, offsets = {}, {}, {}
+    same = [[q["arm"] for q in rows if abs(q[key] - r[key]) <= 0.01 * r[key]] for r in rows]  # arms at one FLOPs value
     for i, r in enumerate(rows):
-        arm = r["arm"]
+        arm, group = r["arm"], same[i]
         colors[arm], markers[arm] = arm_color(arm), MARKERS[i % len(MARKERS)]
-        offsets[arm] = round(0.05 * (i - (len(rows) - 1) / 2), 4)  # inches: visible, not enough to misread a FLOPs value
+        offsets[arm] = round(0.07 * (group.index(arm) - (len(group) - 1) / 2), 4)  # inches; 0 for an arm alone
         shift = ax.transData + ScaledTranslation(offsets[arm], 0, fig.dpi_scale_trans)
         pts = [x for x in records if x["arm"] == arm]
         ax.scatter([x[key] for x in pts], [_pct(x["value"]) for x in pts], color=colors[arm], marker=markers[arm],
                    alpha=0.3, s=14, transform=shift)
         ax.errorbar([r[key]], [_pct(r["mean"])], yerr=[_pct(r["std"])], fmt=markers[arm], color=colors[arm], ms=7,
                     mfc="none" if i % 2 else colors[arm], mew=1.5, capsize=3, label=arm, transform=shift)
-    ax.update_datalim([(r[key], _pct(r["mean"]) + s * _pct(r["std"])) for r in rows for s in (-1, 1)])
+    ax.update_datalim([(r[key], _pct(r["mean"]) + s * _pct(r["std"])) for r in rows for s in (-1, 1)]  # not seen via
+                      + [(x[key], _pct(x["value"])) for x in records if x["arm"] in colors])   # the shifts
+    ax.margins(y=0.05)
     ax.autoscale_view()
     ax.set_xscale("log")
     ax.set_xlabel(f"{label} (log axis; arms at one value drawn side by side)")
-    ax.set_ylabel("accuracy, % (mean ± std over seeds; faint: each seed)")
-    ax.set_title(f"{title}: accuracy vs {label.split(' (')[0]}")
+    ax.set_ylabel("accuracy, % (mean ± std over seeds;\nfaint: each seed)")
+    ax.set_title(f"{title}\naccuracy vs {label.split(' (')[0]}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, out_png, {"title": title, "key": key, "unit": "%", "colors": colors, "markers": markers,
                                 "offsets_inch": offsets, "rows": rows})

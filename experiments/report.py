@@ -6,7 +6,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import plots
 from common import UserError, run_main
@@ -36,12 +35,9 @@ def annotate(records: list[dict], runs: list[dict]) -> list[dict]:
 def relative_out_dir(config: dict) -> dict:
     """The config as a committed record may hold it: out_dir relative to the working directory, or left
     out where it lies elsewhere (a machine's temp folder means nothing on another machine)."""
-    out = dict(config)
-    if out.get("out_dir"):
-        rel = os.path.relpath(os.path.abspath(out.pop("out_dir")))
-        if not rel.startswith(".."):
-            out["out_dir"] = rel
-    return out
+    rel = os.path.relpath(os.path.abspath(config["out_dir"])) if config.get("out_dir") else None
+    keep = rel is not None and not rel.startswith("..")
+    return {k: (rel if k == "out_dir" else v) for k, v in config.items() if k != "out_dir" or keep}
 
 
 def seed_work_s(out_dir: str, seeds: list[int]) -> float | None:
@@ -151,13 +147,15 @@ def draw(out_dir: str, summary: dict, runs: list[dict], logs: dict[str, str] | N
     """The study's figures from its summary (test split): M_inf curves, variants, FLOPs, and loss curves
     from the training logs that exist."""
     task, metric, title = summary["task"], summary["metric"], task_title(summary["task"], summary["config"].get("preset", ""))
-    agg = annotate([a for a in summary["aggregated"] if a.get("split", "test") == "test"], runs)
+    rank = {v["name"]: i for i, v in enumerate(runs)}  # the arms in the tables' order
+    agg = sorted(annotate([a for a in summary["aggregated"] if a.get("split", "test") == "test"], runs),
+                 key=lambda a: rank.get(a["variant"], len(rank)))
     plots.minf_curve(agg, task, metric, os.path.join(out_dir, "minf_curve.png"), title=title)
     headline = {"StdPT_StdFT", "StdPT_PauseFT", "PausePT_PauseFT", "StdPT_PauseFT_rand", "PausePT_PauseFT_rand"}
     plots.minf_curve([a for a in agg if a["variant"] in headline], task, metric,  # the paper's Figure 4, uncluttered
                      os.path.join(out_dir, "minf_curve_pauseft.png"), title=title)
     plots.variants_bar(agg, task, metric, os.path.join(out_dir, "variants.png"), title=title)
-    flops_plots(out_dir, [r for r in summary["records"] if r["split"] == "test" and r["metric"] == metric], runs, title)
+    flops_plots(out_dir, [r for r in summary["records"] if r.get("split", "test") == "test" and r["metric"] == metric], runs, title)
     existing = {k: p for k, p in (logs or {}).items() if os.path.exists(p)}
     pre_logs = {k: p for k, p in existing.items() if k in ("StdPT", "PausePT")}
     if pre_logs:
@@ -211,10 +209,18 @@ def redraw(path: str) -> None:
         return
     from experiments.study import StudyConfig, variants  # here, not above: study.py imports this module
     known = {k: v for k, v in summary["config"].items() if k in StudyConfig.__dataclass_fields__}
-    runs = [v for v in variants(StudyConfig(**known)) if any(r["variant"] == v["name"] for r in summary["records"])]
+    if "filler" in summary["config"]:  # the finetuned-filler control's option before it was named finetune_filler
+        known.setdefault("finetune_filler", summary["config"]["filler"])
+    names = list(dict.fromkeys(r["variant"] for r in summary["records"]))
+    runs = [v for v in variants(StudyConfig(**known)) if v["name"] in names]
+    # an arm the options of the time made under another name: before the matched baselines, as the study lists it
+    extra = [{"name": n, "pt": n.split("_")[0], "m_ft": next(r["m_ft"] for r in summary["records"] if r["variant"] == n)}
+             for n in names if n not in {v["name"] for v in runs}]
+    cut = next((i for i, v in enumerate(runs) if "matched" in v), len(runs))
+    runs = runs[:cut] + extra + runs[cut:]
     write_summary(out_dir, summary, runs)
     draw(out_dir, summary, runs)
-    print(f"redrew {out_dir} from {path} at {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"redrew {out_dir} from {path}")
 
 
 if __name__ == "__main__":

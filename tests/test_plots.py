@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from matplotlib.colors import to_hex
 
 import plots
 from common import UserError
@@ -146,7 +147,10 @@ def test_an_arm_has_one_colour_in_every_figure(records, tmp_path):
             seen.setdefault(arm, set()).add(color)
     assert {arm: len(c) for arm, c in seen.items() if len(c) > 1} == {}
     assert len(seen["StdPT_StdFT_matched"] | seen["PausePT_PauseFT"]) == 2
-    assert plots.arm_color("PausePT_PauseFT_rope") == plots.arm_color("PausePT_PauseFT_rope")  # unknown: by name
+    study_arms = [k for k in plots.ARM_COLORS if k.count("_") >= 1 and k.split("_")[0] in ("StdPT", "PausePT")]
+    hexes = [to_hex(plots.ARM_COLORS[k]) for k in study_arms]
+    assert len(study_arms) == 15 and len(set(hexes)) == len(hexes)  # no two arms of the study look alike
+    assert not {to_hex(c) for c in plots.SPARE_COLORS} & {to_hex(c) for c in plots.ARM_COLORS.values()}
 
 
 def test_minf_axis_is_linear_in_percent_and_the_band_is_in_the_legend(records, tmp_path):

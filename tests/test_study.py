@@ -103,6 +103,10 @@ def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
     again = json.load(open(tmp_path / "summary.json"))  # the rerun's seconds are its own, not the run's
     assert again["elapsed_s"] == run_s and again["pass"] == "reuse" and again["pass_s"] < run_s
     assert f"run time {run_s / 60:.1f} min" in (tmp_path / "summary.md").read_text()
+    md, figure = (tmp_path / "summary.md").read_text(), (tmp_path / "variants.json").read_text()
+    (tmp_path / "variants.json").unlink()
+    study.report.redraw(str(tmp_path / "summary.json"))  # a committed record redrawn alone gives the same
+    assert (tmp_path / "summary.md").read_text() == md and (tmp_path / "variants.json").read_text() == figure
 
 
 def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, monkeypatch):
