@@ -16,9 +16,10 @@ CONFIGS = [("train", "TrainConfig"), ("finetune", "FinetuneConfig"), ("sample", 
            ("experiments.synth", "SynthConfig"), ("experiments.compute_study", "ComputeStudyConfig"),
            ("experiments.separation", "ParityConfig"), ("experiments.curriculum", "CurriculumConfig"),
            ("tasks", "DownloadTasksConfig"), ("data", "PrepareConfig"), ("data", "DownloadConfig"),
-           ("data", "InjectConfig"), ("data", "ShowConfig")]
+           ("data", "InjectConfig"), ("data", "ShowConfig"), ("plots", "MinfPlotConfig"), ("plots", "VariantsPlotConfig")]
 SCRIPTS = ["train.py", "finetune.py", "sample.py", "eval.py", "bench.py", "tasks.py download", "data.py prepare",
-           "-m experiments.study", "-m experiments.synth", "-m experiments.compute_study", "-m experiments.curriculum"]
+           "-m experiments.study", "-m experiments.synth", "-m experiments.compute_study", "-m experiments.curriculum",
+           "plots.py minf"]
 
 
 @pytest.mark.parametrize("module,name", CONFIGS)
