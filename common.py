@@ -99,6 +99,8 @@ def config_help(cls, prog: str) -> str:
     for f in sorted(dataclasses.fields(cls), key=lambda f: order.get(f.name, len(order))):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        if isinstance(shown, str):  # a newline default shows as \n, not as a line break
+            shown = shown.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
         accepts = _accepts(f.metadata.get("rule", {}), hints[f.name])
         lines.append(f"  --{f.name}={_type_name(hints[f.name])}".ljust(34) + f" {f.metadata.get('help', '')} [{shown}]"
                      + (f" ({accepts})" if accepts else ""))

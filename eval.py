@@ -2,17 +2,23 @@
 
     python eval.py --ckpt=out/ft/ckpt.pt --task=gsm8k --task_file=data/gsm8k/test.jsonl --m_inf=0,1,2,5,10,20
 
+The task defaults to the one a finetuned checkpoint was finetuned on (its official test file unless
+--task_file is given; a checkpoint finetuned on another file, e.g. the study's synthetic task, needs --task_file).
+
 Decode tasks: greedy decoding with the KV cache after [prompt, <pause> x M_inf] -> EM (and F1), each
 answer up to the task's budget (GSM8K 256 tokens, the others 32; --max_new_tokens overrides it).
 Scored tasks: log-likelihood of each choice after [context, <pause> x M_inf] -> acc, acc_norm.
 A prompt too long for the block loses its beginning, as in finetuning (the pauses and the answer are
 kept); each result counts such prompts in "n_truncated".
 
---out writes a JSON list with one record per (M_inf, metric): task, checkpoint, variant, m_ft, m_inf, n,
-metric, value, stderr, n_truncated. With --log_samples (the default) the first metric's record of each
+--out writes a JSON list with one record per (M_inf, metric): task, task_file, split, checkpoint, variant,
+what made it (pretrain_pause_frac, m_ft and ft_m, finetune_filler, inference_token), m_inf, n, metric, value,
+stderr (over the examples), n_truncated, infer_flops_per_example. With --log_samples (the default) the first metric's record of each
 M_inf also holds "samples", one per example: doc_id (its index in the task file), truncated, scores, and
 generated (the raw text) + answer (what was scored) + target (decode tasks) or logliks + label (scored).
 """
+import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +39,7 @@ from tokenizer import pause_id_for
 class EvalConfig:
     """Evaluate a checkpoint on a task, sweeping the number of pauses appended at inference."""
     ckpt: str = opt("out/finetune/ckpt.pt", "checkpoint to evaluate")
-    task: str = opt("gsm8k", "task name", choices=tuple(tasks.TASKS))
+    task: str = opt("", "task name (default: a finetuned checkpoint's own task)", choices=("",) + tuple(tasks.TASKS))
     task_file: str = opt("", "the task's evaluation file in its official format (default: data/tasks/TASK/<eval file>)")
     m_inf: list[int] = opt([-1], "pauses at inference, one value or a list like 0,1,2,5,10,20 (-1 = the checkpoint's m_ft)",
                            ge=-1)
@@ -50,12 +56,48 @@ class EvalConfig:
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
 
 
-def variant_name(meta: dict) -> str:
-    """StdPT/PausePT from the pretraining pause_frac, StdFT/PauseFT from m_ft (a pretrained model: no FT)."""
-    pt = "PausePT" if pretrain_pause_frac(meta) > 0 else "StdPT"
-    if meta.get("kind") != "finetune":
-        return pt
-    return f"{pt}_{'PauseFT' if meta.get('m_ft', 0) > 0 else 'StdFT'}"
+def variant_name(meta: dict, filler: str = "") -> str:
+    """The arm as the study names it: StdPT/PausePT from the pretraining pause_frac, StdFT/PauseFT/FillerFT
+    from the finetuning (a pretrained model: no FT), then _rand (a range of M_ft), _prepend, _rope, and
+    _InfFiller when `filler` replaces the token the model was finetuned with."""
+    name = "PausePT" if pretrain_pause_frac(meta) > 0 else "StdPT"
+    if meta.get("kind") == "finetune":
+        name += "_FillerFT" if meta.get("filler") else "_PauseFT" if meta.get("m_ft", 0) > 0 else "_StdFT"
+        lo, hi = meta.get("m_ft_range", [0, 0])
+        name += ("_rand" if lo != hi else "") + ("_prepend" if meta.get("prepend") else "")
+    name += "_rope" if meta.get("model", {}).get("pos") == "rope" else ""
+    return name + ("_InfFiller" if filler and filler != meta.get("filler", "") else "")
+
+
+def made_of(meta: dict, filler: str) -> dict:
+    """What a result's model is, for plots and tables: pretraining pause_frac, finetuning M_ft (a lo:hi range
+    as such) and filler, and the token appended at inference."""
+    lo, hi = meta.get("m_ft_range", [meta.get("m_ft", 0)] * 2)
+    return {"pretrain_pause_frac": pretrain_pause_frac(meta), "ft_m": f"{lo}:{hi}" if lo != hi else hi,
+            "finetune_filler": meta.get("filler", ""), "inference_token": filler or meta.get("filler") or "<pause>"}
+
+
+def task_of(cfg: "EvalConfig", meta: dict) -> tuple[str, str]:
+    """(task, task file): the given ones, else the checkpoint's task and that task's official test file. A
+    checkpoint finetuned on a file of its own (the study's synthetic task) must be given --task_file."""
+    task = cfg.task or meta.get("task") or ""
+    if not task:
+        raise UserError(f"{cfg.ckpt} is not finetuned on a task: give --task ({', '.join(tasks.TASKS)})")
+    if task not in tasks.TASKS:
+        raise UserError(f"unknown task {task!r}; choose one of {', '.join(tasks.TASKS)}")
+    if cfg.task_file:
+        return task, cfg.task_file
+    own = meta.get("config", {}).get("task_file", "") if task == meta.get("task") else ""
+    if own and os.path.dirname(os.path.normpath(own)) != os.path.join("data", "tasks", task):  # not download's
+        test = os.path.join(os.path.dirname(own), "test.jsonl")
+        hint = f"--task_file={test}" if os.path.exists(test) else "--task_file=<its test file>"
+        raise UserError(f"{cfg.ckpt} was finetuned on {own}, not on the official {task} files: pass {hint}")
+    return task, tasks.default_path(task, "eval")
+
+
+def split_of(path: str) -> str:
+    """A task file's split as the tables name it: its file name without extension (test, val, ...)."""
+    return os.path.basename(path).split(".")[0]
 
 
 @torch.no_grad()
@@ -173,8 +215,10 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
             for i, metric in enumerate(spec.metrics):
                 values = [s[metric] for s in scores]
                 p = sum(values) / len(values)
-                results.append({"task": task, "checkpoint": cfg.ckpt, "variant": variant_name(meta),
-                                "m_ft": meta.get("m_ft", 0), "m_inf": m, "n": len(scores), "metric": metric,
+                results.append({"task": task, "task_file": cfg.task_file, "split": split_of(cfg.task_file),
+                                "checkpoint": cfg.ckpt, "variant": variant_name(meta, cfg.filler),
+                                "m_ft": meta.get("m_ft", 0), **made_of(meta, cfg.filler), "m_inf": m,
+                                "n": len(scores), "metric": metric,
                                 "value": p, "stderr": metrics.stderr(values), "n_truncated": sum(cut),
                                 "infer_flops_per_example": sum(cost) / len(cost)})
                 if i == 0 and cfg.log_samples:  # once per M_inf: the scores of every metric are in each sample
@@ -188,7 +232,9 @@ def main(cfg: EvalConfig) -> list[dict]:
         ensure_writable_file(cfg.out)  # now, not after the whole evaluation
     rt = setup_runtime(cfg.device, cfg.dtype)
     model, tok, meta = load_model(cfg.ckpt, rt.device, cfg.bpe_file or None)
-    examples = tasks.load_task(cfg.task, cfg.task_file or tasks.default_path(cfg.task, "eval"))
+    task, task_file = task_of(cfg, meta)
+    cfg = dataclasses.replace(cfg, task=task, task_file=task_file)
+    examples = tasks.load_task(cfg.task, cfg.task_file)
     examples = examples[: cfg.max_examples or None]
     if not examples:
         raise UserError(f"no examples to evaluate for {cfg.task}")
@@ -197,9 +243,10 @@ def main(cfg: EvalConfig) -> list[dict]:
         raise UserError(f"--m_inf values must be >= 0 (or -1 for the checkpoint's m_ft), got {cfg.m_inf}")
     with rt.autocast():
         results = evaluate(model, tok, meta, cfg.task, examples, m_infs, cfg)
-    for r in results:
-        print(f"{r['task']} {r['variant']} m_ft={r['m_ft']} m_inf={r['m_inf']:>3} {r['metric']}="
-              f"{r['value']:.4f} ± {r['stderr']:.4f} (n={r['n']}, {r['n_truncated']} prompts truncated)")
+    for r in results:  # as summary.md reads: split, arm, M_ft, M_inf, value in % ± its standard error
+        print(f"{r['split']} split, {r['variant']} (M_ft={r['ft_m']}) M_inf={r['m_inf']:>3}: {r['task']} {r['metric']} = "
+              f"{100 * r['value']:.1f} ± {100 * r['stderr']:.1f} % (stderr over n={r['n']}, "
+              f"{r['n_truncated']} prompts truncated)")
     if cfg.out:
         write_json(cfg.out, results)
     return results

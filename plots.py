@@ -1,11 +1,17 @@
-"""Figures of a pause study: a metric vs M_inf (the paper's Figure 4), the variants side by side at
-M_inf = M_ft (Figure 2), and training/validation loss curves. Each PNG gets the data behind it in a
-.json of the same name. Inputs are result records as written by eval.py (or their seed averages).
+"""Figures of pause experiments: a metric vs M_inf (the paper's Figure 4), the variants side by side at
+M_inf = M_ft (Figure 2), training/validation loss curves and accuracy vs FLOPs. Each PNG gets the data
+behind it in a .json of the same name (its colours included). Inputs are result records as written by
+eval.py (or their seed averages). Every arm has one colour in every figure; values are in %.
+
+    python plots.py minf out/a/results.json out/b/results.json --out=minf.png   # one line per checkpoint
+    python plots.py variants out/a/results.json out/b/results.json --out=bars.png
 """
-import itertools
 import json
+import math
 import os
 import sys
+import zlib
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -14,12 +20,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
-from common import UserError, atomic_open, write_json  # noqa: E402
+from common import UserError, atomic_open, config_help, opt, parse_config, run_main, write_json  # noqa: E402
 
 VARIANTS = ["StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT"]
-COLORS = {"StdPT_StdFT": "tab:gray", "StdPT_PauseFT": "tab:blue", "PausePT_StdFT": "tab:green",
-          "PausePT_PauseFT": "tab:red"}
-EXTRA_COLORS = ["tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black"]
+# One colour per arm, the same in every figure (the study's and compute_study's arms, the pretrainings).
+ARM_COLORS = {
+    "StdPT_StdFT": "tab:gray", "StdPT_PauseFT": "tab:blue", "PausePT_StdFT": "tab:green", "PausePT_PauseFT": "tab:red",
+    "StdPT_StdFT_matched": "black", "StdPT_FillerFT": "tab:orange", "StdPT_StdFT_InfFiller": "tab:brown",
+    "PausePT_PauseFT_InfFiller": "tab:pink", "StdPT_PauseFT_rand": "tab:cyan", "PausePT_PauseFT_rand": "tab:purple",
+    "PausePT_PauseFT_prepend": "tab:olive", "StdPT": "tab:gray", "PausePT": "tab:red",
+    "StdFT": "tab:gray", "PauseFT": "tab:blue", "CurriculumFT": "tab:purple", "StdFT_matched": "black",
+    "Deep_StdFT": "tab:olive", "NoPause": "tab:gray", "Pause": "tab:blue", "NoPause_3x": "black",
+    "Deep_NoPause": "tab:olive", "StdPT_StdFT_rope": "goldenrod", "StdPT_PauseFT_rope": "navy",
+    "PausePT_PauseFT_rope": "maroon", "StdPT_StdFT_matched_rope": "teal",
+}
+# Any other label (rope arms, extra M_ft values, user checkpoints) gets a colour fixed by its name alone.
+SPARE_COLORS = ["slateblue", "darkkhaki", "orchid", "lime", "deepskyblue", "indigo", "peru", "darkseagreen", "salmon",
+                "darkcyan", "plum", "yellowgreen"]  # none of them in ARM_COLORS
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
+
+
+def arm_color(label: str) -> str:
+    """The colour of an arm (or any label): from ARM_COLORS, else from a hash of the name (stable across runs)."""
+    return ARM_COLORS.get(label) or SPARE_COLORS[zlib.crc32(label.encode()) % len(SPARE_COLORS)]
+
+
+def fmt_num(x, spec: str = ".1f") -> str:
+    """x formatted, or "—" where it is undefined (a std over one seed)."""
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
 def _select(records: list[dict], task: str, metric: str) -> list[dict]:
@@ -32,25 +60,21 @@ def _select(records: list[dict], task: str, metric: str) -> list[dict]:
 
 
 def _series(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows by variant (split by m_ft when one name has several), the four variants first, each sorted
-    by m_inf; a repeated (variant, m_ft, m_inf) keeps its last record."""
+    """Rows by label (a record's "label", else its variant, split by m_ft when one name has several), the four
+    variants first, each sorted by m_inf; a repeated (label, m_inf) keeps its last record."""
     m_fts: dict[str, set] = {}
     for r in rows:
-        m_fts.setdefault(r["variant"], set()).add(r["m_ft"])
+        m_fts.setdefault(r.get("label", r["variant"]), set()).add(r["m_ft"])
     groups: dict[str, dict] = {}
     variant: dict[str, str] = {}
     for r in rows:
-        label = r["variant"] if len(m_fts[r["variant"]]) == 1 else f"{r['variant']} (M_ft={r['m_ft']})"
+        name = r.get("label", r["variant"])
+        label = name if len(m_fts[name]) == 1 else f"{name} (M_ft={r['m_ft']})"
         groups.setdefault(label, {})[r["m_inf"]] = r
         variant[label] = r["variant"]
     rank = {v: i for i, v in enumerate(VARIANTS)}
     order = sorted(groups, key=lambda k: rank.get(variant[k], len(rank)))
     return {k: [groups[k][m] for m in sorted(groups[k])] for k in order}  # sorted() is stable: others keep order
-
-
-def _colors(labels) -> dict[str, str]:
-    extra = itertools.cycle(EXTRA_COLORS)
-    return {k: COLORS.get(k) or next(extra) for k in labels}
 
 
 def _err(r: dict) -> float:
@@ -59,14 +83,18 @@ def _err(r: dict) -> float:
     return (r.get("std") if r.get("n_seeds", 1) > 1 else r.get("stderr")) or 0.0
 
 
-def _err_caption(rows: list[dict]) -> str:
-    """What the error bars are, said on the figure."""
+def _err_name(rows: list[dict]) -> str:
+    """What the error bars are."""
     seeds = {r.get("n_seeds", 1) for r in rows}
     if seeds == {1}:
-        return "error bars: ± 1 standard error over the test examples"
+        return "± 1 standard error over the test examples"
     if 1 not in seeds:
-        return f"error bars: ± 1 std over {seeds.pop() if len(seeds) == 1 else 'the'} seeds"
-    return "error bars: ± 1 std over seeds (seed averages), ± 1 standard error (single runs)"
+        return f"± 1 std over {seeds.pop() if len(seeds) == 1 else 'the'} seeds"
+    return "± 1 std over seeds (seed averages), ± 1 standard error (single runs)"
+
+
+def _err_caption(rows: list[dict]) -> str:
+    return "error bars: " + _err_name(rows)
 
 
 def _save(fig, out_png: str, data: dict) -> str:
@@ -81,11 +109,18 @@ def _save(fig, out_png: str, data: dict) -> str:
     return out_png
 
 
-def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseline: str = "StdPT_StdFT") -> str:
-    """`metric` vs M_inf, a line per variant, the baseline at its own M_ft dashed, a star at M_inf = M_ft."""
+def _pct(x: float) -> float:
+    return round(100 * x, 6)  # % for the axes and the data file; rounded so that 0.1 reads 10.0, not 10.000000000000002
+
+
+def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseline: str = "StdPT_StdFT",
+               title: str = "") -> str:
+    """`metric` (%) vs M_inf on a linear axis, a line per variant, the baseline at its own M_ft dashed with its
+    error band, a star at M_inf = M_ft. `title` names the task as a reader should read it (default: `task`)."""
     rows = _select(records, task, metric)
     series = _series(rows)
-    colors = _colors(series)
+    colors = {k: arm_color(k) for k in series}
+    err_name = _err_name(rows)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     base_info = None
     base = [r for r in rows if r["variant"] == baseline]
@@ -97,18 +132,19 @@ def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseli
             value = sum(r["value"] for r in base) / len(base)
             err = sum(_err(r) ** 2 for r in base) ** 0.5 / len(base)
             label = f"{baseline} (mean over M_inf)"
-        color = colors.get(baseline, "black")
-        ax.axhspan(value - err, value + err, color=color, alpha=0.12, lw=0)
-        ax.axhline(value, color=color, ls="--", lw=1.2, label=label)
-        base_info = {"label": label, "value": value, "err": err}
+        color = colors[baseline] = arm_color(baseline)
+        ax.axhspan(_pct(value - err), _pct(value + err), color=color, alpha=0.12, lw=0, label=f"{label} {err_name}")
+        ax.axhline(_pct(value), color=color, ls="--", lw=1.2, label=label)
+        base_info = {"label": label, "value": _pct(value), "err": _pct(err), "band": f"{label} {err_name}"}
     starred = False
     for i, (label, rs) in enumerate(series.items()):
-        xs, ys = [r["m_inf"] for r in rs], [r["value"] for r in rs]
+        xs, ys, es = [r["m_inf"] for r in rs], [_pct(r["value"]) for r in rs], [_pct(_err(r)) for r in rs]
         # nudge each series sideways a little (in inches) so that error bars at the same M_inf stay visible
-        shift = ax.transData + ScaledTranslation(0.04 * (i - (len(series) - 1) / 2), 0, fig.dpi_scale_trans)
-        ax.errorbar(xs, ys, yerr=[_err(r) for r in rs], color=colors[label], marker="o", ms=4, capsize=3,
+        step = min(0.04, 0.3 / len(series))  # all the nudges together stay within 0.3 inch
+        shift = ax.transData + ScaledTranslation(step * (i - (len(series) - 1) / 2), 0, fig.dpi_scale_trans)
+        ax.errorbar(xs, ys, yerr=es, color=colors[label], marker="o", ms=4, capsize=3,
                     lw=1.5, ls="-" if len(rs) > 1 else "none", label=label, transform=shift)
-        ax.update_datalim([(x, y + s * _err(r)) for x, y, r in zip(xs, ys, rs) for s in (-1, 1)])  # not seen via shift
+        ax.update_datalim([(x, y + s * e) for x, y, e in zip(xs, ys, es) for s in (-1, 1)])  # not seen via shift
         m_ft = rs[0]["m_ft"]
         if m_ft > 0 and m_ft in xs:  # where a pause-finetuned model sees the M_inf it was trained with
             ax.plot(m_ft, ys[xs.index(m_ft)], marker="*", ms=15, color=colors[label], mec="black", mew=0.7,
@@ -117,25 +153,34 @@ def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseli
     if starred:
         ax.plot([], [], marker="*", ms=12, color="white", mec="black", ls="none", label="M_inf = M_ft")
     ticks = sorted({r["m_inf"] for r in rows})
-    if ticks[-1] >= 10:  # 0, 1, 2, 5 ... 50: linear near 0, logarithmic beyond, so small M_inf stay apart
-        ax.set_xscale("symlog", linthresh=1, linscale=0.5)
-    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xticks(ticks, [str(t) for t in ticks])  # a linear axis: the gaps between ticks are to scale
     ax.xaxis.set_minor_formatter(NullFormatter())
     caption = _err_caption(rows)
-    ax.set(xlabel="M_inf (pauses appended at inference)", ylabel=metric, title=f"{task}: {metric} vs M_inf\n{caption}")
+    ax.set(xlabel="M_inf (pauses appended at inference; linear axis)", ylabel=f"{metric}, %",
+           title=f"{title or task}: {metric} vs M_inf\n{caption}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: covers no data
-    data = {"task": task, "metric": metric, "error_bars": caption, "baseline": base_info,
-            "series": [{"label": k, "variant": rs[0]["variant"], "m_ft": rs[0]["m_ft"],
-                        **{key: [r.get(key) for r in rs] for key in ("m_inf", "value", "stderr")},
-                        "err": [_err(r) for r in rs]}
+    data = {"task": task, "title": title or task, "metric": metric, "unit": "%", "xscale": ax.get_xscale(),
+            "error_bars": caption, "baseline": base_info, "colors": colors,
+            "legend": [t.get_text() for t in ax.get_legend().get_texts()],
+            "series": [{"label": k, "variant": rs[0]["variant"], "m_ft": rs[0]["m_ft"], "m_inf": [r["m_inf"] for r in rs],
+                        "value": [_pct(r["value"]) for r in rs], "stderr": [_pct(r.get("stderr") or 0) for r in rs],
+                        "err": [_pct(_err(r)) for r in rs]}
                        for k, rs in series.items()],
             "records": [r for rs in series.values() for r in rs]}
     return _save(fig, out_png, data)
 
 
-def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: str = "m_ft") -> str:
-    """One bar per variant: `metric` at M_inf = its own M_ft (at="m_ft") or at a fixed M_inf (at="10")."""
+def bar_label(label: str, r: dict) -> str:
+    """A bar's name: the arm, how it was finetuned, and what it got at inference."""
+    ft = r.get("ft_m", r["m_ft"])
+    token = r.get("inference_token", "<pause>")
+    got = "no pauses" if r["m_inf"] == 0 else f"{r['m_inf']} × " + (token if token == "<pause>" else f"'{token}'")
+    return f"{label}\nfinetuned M_ft={ft}\ninference: {got}"
+
+
+def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: str = "m_ft", title: str = "") -> str:
+    """One bar per variant: `metric` (%) at M_inf = its own M_ft (at="m_ft") or at a fixed M_inf (at="10")."""
     if at != "m_ft" and not str(at).isdigit():
         raise UserError(f"at must be 'm_ft' or a number of inference pauses, not {at!r}")
     rows = _select(records, task, metric)
@@ -146,24 +191,28 @@ def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: 
         bars += [(label, r) for r in rs if r["m_inf"] == want]
     if not bars:
         raise UserError(f"no {task} {metric} result at M_inf = {at} for any variant")
-    colors = _colors(series)
-    values, errs = [r["value"] for _, r in bars], [_err(r) for _, r in bars]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(bars) + 1.5), 4.5))
+    colors = {k: arm_color(k) for k, _ in bars}
+    values, errs = [_pct(r["value"]) for _, r in bars], [_pct(_err(r)) for _, r in bars]
+    names = [bar_label(k, r) for k, r in bars]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(bars) + 1.5), 4.8))
     ax.bar(range(len(bars)), values, yerr=errs, capsize=4, color=[colors[k] for k, _ in bars],
            edgecolor="black", lw=0.6)
     for i, (v, e) in enumerate(zip(values, errs)):
-        ax.text(i, v + e, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.text(i, v + e, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
     top = max(v + e for v, e in zip(values, errs))
-    ax.set_ylim(min(0.0, min(values)), top * 1.12 if top > 0 else 1.0)  # headroom for the printed values
+    ax.set_ylim(min(0.0, min(values)), top * 1.12 if top > 0 else 100.0)  # headroom for the printed values
     tilt = len(bars) > 4
-    ax.set_xticks(range(len(bars)), [f"{k}\nM_ft={r['m_ft']}" for k, r in bars], rotation=20 if tilt else 0,
-                  ha="right" if tilt else "center", rotation_mode="anchor", fontsize=8)
+    ax.set_xticks(range(len(bars)), names, rotation=25 if tilt else 0, ha="right" if tilt else "center",
+                  rotation_mode="anchor", fontsize=7)
     where = "M_inf = M_ft" if at == "m_ft" else f"M_inf = {int(at)}"
     caption = _err_caption([r for _, r in bars])
-    ax.set(ylabel=metric, title=f"{task}: {metric} at {where}\n{caption}")
+    ax.set(ylabel=f"{metric}, %", title=f"{title or task}: {metric} at {where}\n{caption}")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_png, {"task": task, "metric": metric, "at": at, "error_bars": caption,
-                                "bars": [{"label": k, **r, "err": _err(r)} for k, r in bars]})
+    return _save(fig, out_png, {"task": task, "title": title or task, "metric": metric, "unit": "%", "at": at,
+                                "error_bars": caption, "colors": colors,
+                                "bars": [{"label": k, "name": n, "variant": r["variant"], "m_ft": r["m_ft"], "m_inf": r["m_inf"],
+                                          "value": v, "err": e, "record": r}
+                                         for (k, r), n, v, e in zip(bars, names, values, errs)]})
 
 
 def read_log(path: str) -> dict:
@@ -209,7 +258,7 @@ def loss_curves(logs: dict[str, str], out_png: str, title: str = "", smooth: int
             runs[label] = run
     if not runs:
         raise UserError(f"no readable training log among {', '.join(logs.values()) or '(none given)'}")
-    colors = _colors(list(runs))
+    colors = {k: arm_color(k) for k in runs}
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, run in runs.items():
         t, v, c = run["train"], run["val"], colors[label]
@@ -225,25 +274,108 @@ def loss_curves(logs: dict[str, str], out_png: str, title: str = "", smooth: int
         ys = [y for run in runs.values() for y in run["train"]["loss"] + run["val"]["val_loss"]]
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain if max(ys) < 10 * min(ys) else NullFormatter())  # no overlaps
-    ax.set(xlabel="step", ylabel="loss", title=title or "loss")
+    ax.set(xlabel="step", ylabel="loss (log scale)" if logy else "loss", title=title or "loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return _save(fig, out_png, {"title": title, "runs": runs})
+    return _save(fig, out_png, {"title": title, "colors": colors, "runs": runs})
 
 
 def accuracy_vs_flops(rows: list[dict], records: list[dict], key: str, label: str, out_png: str, title: str) -> str:
-    """Accuracy against FLOPs (`key` of each row and record): an arm's mean ± std (rows: arm, mean, std, key)
-    over its seeds (records: arm, value, key), the seeds as faint dots; log x axis."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Accuracy (%) against FLOPs (`key` of each row and record): an arm's mean ± std (rows: arm, mean, std, key)
+    over its seeds (records: arm, value, key), the seeds as faint dots; log x axis. Each arm has its own marker
+    and a small sideways offset, so that arms at the same point stay visible."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors, markers, offsets = {}, {}, {}
+    same = [[q["arm"] for q in rows if abs(q[key] - r[key]) <= 0.01 * r[key]] for r in rows]  # arms at one FLOPs value
     for i, r in enumerate(rows):
-        pts = [x for x in records if x["arm"] == r["arm"]]
-        ax.scatter([x[key] for x in pts], [100 * x["value"] for x in pts], color=f"C{i}", alpha=0.3, s=12)
-        ax.errorbar([r[key]], [100 * r["mean"]], yerr=[100 * r["std"]], fmt="o", color=f"C{i}", capsize=3,
-                    label=r["arm"])
+        arm, group = r["arm"], same[i]
+        colors[arm], markers[arm] = arm_color(arm), MARKERS[i % len(MARKERS)]
+        offsets[arm] = round(0.07 * (group.index(arm) - (len(group) - 1) / 2), 4)  # inches; 0 for an arm alone
+        shift = ax.transData + ScaledTranslation(offsets[arm], 0, fig.dpi_scale_trans)
+        pts = [x for x in records if x["arm"] == arm]
+        ax.scatter([x[key] for x in pts], [_pct(x["value"]) for x in pts], color=colors[arm], marker=markers[arm],
+                   alpha=0.3, s=14, transform=shift)
+        ax.errorbar([r[key]], [_pct(r["mean"])], yerr=[_pct(r["std"])], fmt=markers[arm], color=colors[arm], ms=7,
+                    mfc="none" if i % 2 else colors[arm], mew=1.5, capsize=3, label=arm, transform=shift)
+    ax.update_datalim([(r[key], _pct(r["mean"]) + s * _pct(r["std"])) for r in rows for s in (-1, 1)]  # not seen via
+                      + [(x[key], _pct(x["value"])) for x in records if x["arm"] in colors])   # the shifts
+    ax.margins(y=0.05)
+    ax.autoscale_view()
     ax.set_xscale("log")
-    ax.set_xlabel(label)
-    ax.set_ylabel("accuracy, % (mean ± std; dots: seeds)")
-    ax.set_title(f"{title}: accuracy vs {label.split(' (')[0]}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, out_png, {"rows": rows, "key": key})
+    ax.set_xlabel(f"{label} (log axis; arms at one value drawn side by side)")
+    ax.set_ylabel("accuracy, % (mean ± std over seeds;\nfaint: each seed)")
+    ax.set_title(f"{title}\naccuracy vs {label.split(' (')[0]}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _save(fig, out_png, {"title": title, "key": key, "unit": "%", "colors": colors, "markers": markers,
+                                "offsets_inch": offsets, "rows": rows})
+
+
+# ----------------------------------------------------------------------------- command line: your own checkpoints
+
+@dataclass
+class MinfPlotConfig:
+    """Draw metric vs M_inf from eval.py results files, one line per checkpoint, labelled by its variant."""
+    out: str = opt("minf.png", "the PNG to write (its data goes beside it as .json)")
+    metric: str = opt("", "which metric (default: the first in the files, e.g. em or acc)")
+    title: str = opt("", "what the task is, for the title (default: the task name of the results)")
+
+
+@dataclass
+class VariantsPlotConfig(MinfPlotConfig):
+    """A bar per checkpoint at M_inf = its M_ft (or --at=N) from eval.py results files."""
+    out: str = opt("variants.png", "the PNG to write (its data goes beside it as .json)")
+    at: str = opt("m_ft", "m_ft: each checkpoint at its own M_ft; a number: every checkpoint at this M_inf")
+
+
+def read_results(paths: list[str]) -> list[dict]:
+    """The records of eval.py results files, each labelled by its variant (and its path when two share one)."""
+    if not paths:
+        raise UserError("give one or more eval.py results files (eval.py --out=FILE.json)")
+    per_file = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                recs = json.load(f)
+        except FileNotFoundError:
+            raise UserError(f"results file {path} does not exist (eval.py --out={path} writes it)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"results file {path} cannot be read as JSON: {e}") from None
+        if not isinstance(recs, list) or not recs or not all(isinstance(r, dict) and {"variant", "m_ft", "m_inf", "metric",
+                                                                               "value", "task"} <= r.keys() for r in recs):
+            raise UserError(f"{path} is not an eval.py results file (a list of records with variant, m_inf, value)")
+        per_file.append(recs)
+    names = [recs[0]["variant"] for recs in per_file]
+    out = []
+    for path, name, recs in zip(paths, names, per_file):
+        label = name if names.count(name) == 1 else f"{name} ({path})"
+        out += [{**{k: v for k, v in r.items() if k != "samples"}, "label": label} for r in recs]
+    return out
+
+
+def cli(argv: list[str]) -> None:
+    commands = {"minf": (MinfPlotConfig, minf_curve), "variants": (VariantsPlotConfig, variants_bar)}
+    if argv[:1] in (["-h"], ["--help"]) or not argv or argv[0] not in commands:
+        if argv[:1] not in (["-h"], ["--help"]):
+            raise UserError(f"unknown command {argv[0] if argv else ''!r}; use python plots.py minf|variants "
+                            "RESULTS.json ... --out=FILE.png (see python plots.py --help)")
+        print(__doc__.strip() + "\n")
+        for name, (cls, _) in commands.items():
+            print(config_help(cls, f"plots.py {name} RESULTS.json ...") + "\n")
+        return
+    cls, draw = commands[argv[0]]
+    files, options, rest = [], [], argv[1:]
+    for i, a in enumerate(rest):  # results files are the words that are neither an option nor its value
+        is_value = i > 0 and rest[i - 1].startswith("--") and "=" not in rest[i - 1] and not a.startswith("--")
+        (options if a.startswith("-") or is_value else files).append(a)
+    cfg = parse_config(cls, options, prog=f"plots.py {argv[0]} RESULTS.json ...")
+    records = read_results(files)
+    tasks = sorted({r["task"] for r in records})
+    if len(tasks) > 1:
+        raise UserError(f"the results are of several tasks ({', '.join(tasks)}): plot one task at a time")
+    metric = cfg.metric or records[0]["metric"]
+    extra = {"at": cfg.at} if cls is VariantsPlotConfig else {}
+    print(f"wrote {draw(records, tasks[0], metric, cfg.out, title=cfg.title, **extra)} and its data (.json)")
+
+
+if __name__ == "__main__":
+    run_main(cli, sys.argv[1:])

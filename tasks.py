@@ -118,7 +118,7 @@ def _read_text(path: str) -> str:
         with opener(path, "rt", encoding="utf-8") as f:
             return f.read()
     except FileNotFoundError:
-        raise UserError(f"task file {path} does not exist (tasks.download_task fetches the official files)") from None
+        raise UserError(f"task file {path} does not exist (python tasks.py download fetches the official files)") from None
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise UserError(f"task file {path} cannot be read: {e}") from None
 
@@ -289,6 +289,10 @@ def load_task(name: str, path: str) -> list[Example]:
     """Examples of task `name` from one official file (PIQA: its .jsonl, labels found beside it
     or given as "x.jsonl:x-labels.lst"). A malformed record is a UserError naming file and place."""
     get_spec(name)
+    first = path.rsplit(":", 1)[0] if ":" in path and not os.path.exists(path) else path
+    if not os.path.exists(first):
+        raise UserError(f"task file {first} does not exist; `python tasks.py download --task={name}` fetches the "
+                        f"official files into data/tasks/{name}/")
     read, convert = _READERS[name]
     out = []
     for where, record in read(path):

@@ -32,15 +32,15 @@ import data
 import eval as evaluation
 import finetune
 import flops
-import plots
 import tasks
 import train
 from common import (DEVICES, UserError, check_config, load_checkpoint, opt, parse_config, run_main, save_checkpoint,
                     write_json, write_text)
-from experiments import separation, synth
+from experiments import report, separation, synth
 from experiments.curriculum import COT_KINDS, CurriculumConfig, CurriculumData
 from experiments.study import CPU_PRETRAIN, CPU_SYNTH
 from model import GPT, GPTConfig
+from plots import fmt_num
 from tokenizer import WordTokenizer, from_meta, padded_vocab
 
 EXPERIMENTS = {  # arm -> (which model, M_ft, finetuning options); the first arm of each pair list is the reference
@@ -256,7 +256,7 @@ def summarize(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: lis
                      "m_inf": rs[0]["m_inf"], "n_layer": rs[0]["n_layer"], "ft_iters": rs[0]["ft_iters"]})
     pairs = [p for a in PAUSE_ARMS[cfg.experiment] for b in [arms[0]] + MATCHED[cfg.experiment]
              if (p := paired(records, a, b))]
-    summary = {"experiment": cfg.experiment, "config": dataclasses.asdict(cfg), "arms": rows, "paired": pairs,
+    summary = {"experiment": cfg.experiment, "config": report.relative_out_dir(dataclasses.asdict(cfg)), "arms": rows, "paired": pairs,
                "records": records}
     write_json(os.path.join(root, "summary.json"), summary)
     n_seeds = len({r["seed"] for r in records})
@@ -267,19 +267,17 @@ def summarize(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: lis
              "finetuning tokens real / pause / pad (M) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['n_layer']} | {r['m_inf']} | {r['ft_iters']} | {100 * r['mean']:.1f} ± "
-                     f"{100 * r['std']:.1f} | {r['train_flops'] / 1e12:.2f} | {r['ft_flops'] / 1e12:.2f} | "
+                     f"{fmt_num(100 * r['std']) if r['n_seeds'] > 1 else '—'} | {r['train_flops'] / 1e12:.2f} | {r['ft_flops'] / 1e12:.2f} | "
                      f"{r['infer_flops'] / 1e6:.2f} | {r['ft_real_tokens'] / 1e6:.2f} / {r['ft_pause_tokens'] / 1e6:.2f} / "
                      f"{r['ft_pad_tokens'] / 1e6:.2f} |")
     lines += ["", "Paired differences (same seed), in points; stderr = std of the differences / √seeds:", "",
               "| pause arm | vs | seeds | mean diff | stderr | mean/stderr | wins |", "|---|---|---|---|---|---|---|"]
     for p in pairs:
-        lines.append(f"| {p['arm']} | {p['vs']} | {p['n_seeds']} | {100 * p['mean_diff']:+.1f} | {100 * p['stderr']:.1f} | "
-                     f"{p['t']:.1f} | {p['wins']}/{p['n_seeds']} |")
+        lines.append(f"| {p['arm']} | {p['vs']} | {p['n_seeds']} | {100 * p['mean_diff']:+.1f} | "
+                     f"{fmt_num(100 * p['stderr'])} | {fmt_num(p['t'])} | {p['wins']}/{p['n_seeds']} |")
     write_text(os.path.join(root, "summary.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
-    for key, label in (("train_flops", "training FLOPs (pretraining + finetuning)"),
-                       ("infer_flops", "inference FLOPs per example")):
-        plots.accuracy_vs_flops(rows, records, key, label, os.path.join(root, f"acc_vs_{key}.png"), cfg.experiment)
+    report.flops_figures(root, rows, records, report.compute_title(summary["config"]))
     return summary
 
 

@@ -23,12 +23,10 @@ import data
 import eval as evaluation
 import finetune
 import flops
-import plots
 import tasks
 import train
-from common import (DEVICES, DTYPES, UserError, check_config, load_checkpoint, load_toml, opt, parse_config, run_main,
-                    write_json, write_text)
-from experiments import synth
+from common import DEVICES, DTYPES, UserError, check_config, load_checkpoint, load_toml, opt, parse_config, run_main
+from experiments import report, synth
 
 VARIANTS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
 BASELINE = "StdPT_StdFT"
@@ -83,6 +81,11 @@ class StudyConfig:
     eval_batch_size: int = opt(256, "sequences per evaluation forward pass", ge=1)
     device: str = opt("auto", "where to run", choices=DEVICES)
     dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
+
+
+StudyConfig.__doc__ += "\n--preset=cpu sets, for the keys not given: " + " ".join(  # shown by --help
+    f"--{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in CPU_PRESET.items()) + \
+    "; and it makes the synthetic task and corpus and pretrains config/tiny.toml's model on them"
 
 
 def apply_preset(cfg: StudyConfig, argv: list[str]) -> StudyConfig:
@@ -296,61 +299,15 @@ def comparisons(records: list[dict], metric: str, runs: list[dict], m_infs: list
     return pairs
 
 
-def split_table(agg: list[dict], runs: list[dict], split: str, metric: str, m_infs: list[int]) -> list[str]:
-    rows = [a for a in agg if a.get("split", "test") == split and a["metric"] == metric]
-    if not rows:
-        return []
-    lines = [f"### {split} split ({rows[0]['n']} questions)", "",
-             "| variant | M_ft | " + " | ".join(f"M_inf={m}" for m in m_infs) + " |", "|---|---|" + "---|" * len(m_infs)]
-    for v in runs:
-        cells = []
-        for m in m_infs:
-            r = next((a for a in rows if a["variant"] == v["name"] and a["m_inf"] == m), None)
-            spread = r["std"] if r and r["n_seeds"] > 1 else (r["stderr"] if r else 0)
-            cell = "" if r is None else f"{100 * r['value']:.1f} ± {100 * spread:.1f}"
-            cells.append(f"**{cell}**" if m == v["m_ft"] else cell)
-        ft = v.get("ft_m", v["m_ft"]) if "source" not in v else f"{v['source']}, {v['eval_filler']!r} at inference"
-        lines.append(f"| {v['name']} | {ft} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-def pair_table(pairs: list[dict], split: str) -> list[str]:
-    if not pairs:
-        return []
-    lines = [f"Paired differences on the {split} split (same seed; in points; M_inf of each side in brackets):", "",
-             "| variant | vs | seeds | mean diff | std | stderr | mean/stderr | wins |", "|---|---|---|---|---|---|---|---|"]
-    for p in pairs:
-        lines.append(f"| {p['variant']} [{p['m_inf']}] | {p['vs']} [{p['vs_m_inf']}] | {p['n_seeds']} | "
-                     f"{100 * p['mean_diff']:+.1f} | {100 * p['std']:.1f} | {100 * p['stderr']:.1f} | {p['t']:.1f} | "
-                     f"{p['wins']}/{p['n_seeds']} |")
-    return lines + [""]
-
-
-def write_summary(cfg: StudyConfig, records: list[dict], runs: list[dict], elapsed: float) -> dict:
-    agg = aggregate(records)
+def summarise(cfg: StudyConfig, records: list[dict], runs: list[dict], timing: dict) -> dict:
+    """summary.json and summary.md (report.py): the tables per split and the paired comparisons."""
     metric = tasks.get_spec(cfg.task).metrics[0]
     splits = [s for s in SPLITS if any(r.get("split", "test") == s for r in records)]
     pairs = {s: comparisons([r for r in records if r.get("split", "test") == s], metric, runs, cfg.m_inf) for s in splits}
-    summary = {"task": cfg.task, "metric": metric, "config": dataclasses.asdict(cfg), "elapsed_s": elapsed,
-               "aggregated": agg, "paired": pairs.get("test", []), "paired_by_split": pairs, "records": records}
-    write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
-    n_seeds = len({r["seed"] for r in records})
-    lines = [f"# Study: {cfg.task}, {metric}, {n_seeds} seed(s), M_ft = {cfg.m_ft}", "",
-             f"Mean ± std over seeds (± stderr of the estimate with one seed); {elapsed / 60:.1f} min. "
-             "Choices are made on the val split; the test split is reported only.", ""]
-    for s in splits:
-        lines += split_table(agg, runs, s, metric, cfg.m_inf)
-    lines += ["Bold: M_inf = M_ft, where each variant is compared.", ""]
-    matched = {r["variant"]: r["ft_iters"] for r in records if any(v["name"] == r["variant"] and "matched" in v for v in runs)}
-    if matched:
-        lines += [f"Compute-matched baselines: StdFT for ft_iters × Σ(prefix + pauses + target) / Σ(prefix + target) "
-                  f"steps (input tokens, pauses counted, over the finetuning file) instead of {cfg.ft_iters}: "
-                  + ", ".join(f"{k} {n} steps" for k, n in matched.items()) + ".", ""]
-    for s in splits:
-        lines += pair_table(pairs[s], s)
-    write_text(os.path.join(cfg.out_dir, "summary.md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return summary
+    summary = {"task": cfg.task, "metric": metric, "config": dataclasses.asdict(cfg), **timing,
+               "aggregated": aggregate(records), "paired": pairs.get("test", []), "paired_by_split": pairs,
+               "records": report.annotate(records, runs)}
+    return report.write_summary(cfg.out_dir, summary, runs)
 
 
 def main(cfg: StudyConfig) -> None:
@@ -369,8 +326,9 @@ def main(cfg: StudyConfig) -> None:
         sources = {a.get("source") for a in runs if a["name"] in cfg.arms}  # an evaluation-only arm needs its source
         runs = [v for v in runs if v["name"] in cfg.arms or v["name"] in sources]
     seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
-    records, logs = [], {}
+    records, logs, worked = [], {}, False
     for seed in seeds:
+        t_seed, before = time.time(), n_results(cfg, seed)
         if cfg.aggregate_only:
             pre, files = {}, {}
         elif cfg.preset == "cpu":
@@ -381,6 +339,9 @@ def main(cfg: StudyConfig) -> None:
             files = {"train": cfg.task_train or tasks.default_path(cfg.task, "train"), "val": cfg.task_val,
                      "test": cfg.task_eval or tasks.default_path(cfg.task, "eval")}
         records += run_seed(cfg, seed, pre, files, runs)
+        if n_results(cfg, seed) > before:  # this pass trained or evaluated something: its time is the run's
+            report.add_work_s(cfg.out_dir, seed, time.time() - t_seed)
+            worked = True
         if seed == 0:
             logs = {name: os.path.join(cfg.out_dir, "seed0", name, "log.jsonl") for name in ("StdPT", "PausePT")}
             if cfg.preset != "cpu" and not cfg.aggregate_only:
@@ -393,41 +354,16 @@ def main(cfg: StudyConfig) -> None:
         runs = [v for v in runs if any(r["variant"] == v["name"] for r in records)]
         if not runs:
             raise UserError(f"no results files under {cfg.out_dir}/seed*/ to summarise")
-    summary = write_summary(cfg, records, runs, time.time() - t0)
-    metric, agg = summary["metric"], [a for a in summary["aggregated"] if a.get("split", "test") == "test"]
-    plots.minf_curve(agg, cfg.task, metric, os.path.join(cfg.out_dir, "minf_curve.png"))
-    headline = {BASELINE, "StdPT_PauseFT", "PausePT_PauseFT", "StdPT_PauseFT_rand", "PausePT_PauseFT_rand"}
-    plots.minf_curve([a for a in agg if a["variant"] in headline], cfg.task, metric,  # the paper's Figure 4, uncluttered
-                     os.path.join(cfg.out_dir, "minf_curve_pauseft.png"))
-    plots.variants_bar(agg, cfg.task, metric, os.path.join(cfg.out_dir, "variants.png"))
-    flops_plots(cfg, [r for r in summary["records"] if r["split"] == "test" and r["metric"] == metric], runs)
-    existing = {k: p for k, p in logs.items() if os.path.exists(p)}
-    pre_logs = {k: p for k, p in existing.items() if k in ("StdPT", "PausePT")}
-    if pre_logs:
-        plots.loss_curves(pre_logs, os.path.join(cfg.out_dir, "pretrain_loss.png"), "pretraining")
-    plots.loss_curves({k: p for k, p in existing.items() if k not in pre_logs},
-                      os.path.join(cfg.out_dir, "finetune_loss.png"), "finetuning (seed 0)")
-    print(f"study written to {cfg.out_dir} in {(time.time() - t0) / 60:.1f} min")
+    kind = "aggregate-only" if cfg.aggregate_only else "ran" if worked else "reuse"
+    summary = summarise(cfg, records, runs, report.run_time(cfg.out_dir, seeds, time.time() - t0, kind))
+    report.draw(cfg.out_dir, summary, runs, logs)
+    print(f"study written to {cfg.out_dir}; {report.time_line(summary)}")
 
 
-def flops_plots(cfg: StudyConfig, records: list[dict], runs: list[dict]) -> None:
-    """Accuracy vs training FLOPs and vs inference FLOPs per example, each arm at its own M_inf (test split);
-    only for results whose runs carry the FLOPs ledger."""
-    at = {v["name"]: v["m_ft"] for v in runs}
-    pts = [{"arm": r["variant"], "value": r["value"], "train_flops": r["train_flops"],
-            "infer_flops": r["infer_flops_per_example"]} for r in records
-           if r["m_inf"] == at.get(r["variant"]) and "train_flops" in r and "infer_flops_per_example" in r]
-    rows = []
-    for v in runs:
-        ps = [p for p in pts if p["arm"] == v["name"]]
-        if ps:
-            vals = [p["value"] for p in ps]
-            rows.append({"arm": v["name"], "mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1
-                         else 0.0, **{k: statistics.fmean(p[k] for p in ps) for k in ("train_flops", "infer_flops")}})
-    for key, label in (("train_flops", "training FLOPs (pretraining + finetuning)"),
-                       ("infer_flops", "inference FLOPs per example")):
-        if rows:
-            plots.accuracy_vs_flops(rows, pts, key, label, os.path.join(cfg.out_dir, f"acc_vs_{key}.png"), cfg.task)
+def n_results(cfg: StudyConfig, seed: int) -> int:
+    """Results files of a seed so far (a pass that adds any has done work)."""
+    folder = os.path.join(cfg.out_dir, f"seed{seed}")
+    return sum(f.startswith("results_") for _, _, fs in os.walk(folder) for f in fs)
 
 
 def cli() -> None:

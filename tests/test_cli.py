@@ -16,9 +16,10 @@ CONFIGS = [("train", "TrainConfig"), ("finetune", "FinetuneConfig"), ("sample", 
            ("experiments.synth", "SynthConfig"), ("experiments.compute_study", "ComputeStudyConfig"),
            ("experiments.separation", "ParityConfig"), ("experiments.curriculum", "CurriculumConfig"),
            ("tasks", "DownloadTasksConfig"), ("data", "PrepareConfig"), ("data", "DownloadConfig"),
-           ("data", "InjectConfig"), ("data", "ShowConfig")]
+           ("data", "InjectConfig"), ("data", "ShowConfig"), ("plots", "MinfPlotConfig"), ("plots", "VariantsPlotConfig")]
 SCRIPTS = ["train.py", "finetune.py", "sample.py", "eval.py", "bench.py", "tasks.py download", "data.py prepare",
-           "-m experiments.study", "-m experiments.synth", "-m experiments.compute_study", "-m experiments.curriculum"]
+           "-m experiments.study", "-m experiments.synth", "-m experiments.compute_study", "-m experiments.curriculum",
+           "plots.py minf"]
 
 
 @pytest.mark.parametrize("module,name", CONFIGS)
@@ -38,6 +39,14 @@ def test_unknown_option_is_one_line_and_exit_2(script):
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 2
     assert p.stderr.strip().startswith("error: unknown option --no_such_option") and "\n" not in p.stderr.strip()
+
+
+def test_help_shows_a_newline_default_escaped(capsys):
+    import sample
+    with pytest.raises(SystemExit):
+        parse_config(sample.SampleConfig, ["--help"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("--prompt="))
+    assert line.endswith("[\\n]")  # the default prompt, a newline, on the option's own line
 
 
 def test_wrong_type_in_a_config_file_is_refused(tmp_path, capsys):

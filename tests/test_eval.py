@@ -182,3 +182,38 @@ def test_coqa_scores_and_f1_stderr_end_to_end(ckpt, tmp_path, monkeypatch):
 class _NoBar:
     def update(self, n):
         pass
+
+
+def finetuned(tok, path, task: str, task_file: str) -> str:
+    """A random one-layer model saved as if finetuned (StdFT) on `task` from `task_file`."""
+    conf = GPTConfig(block_size=64, vocab_size=padded_vocab(tok.vocab_size), n_layer=1, n_head=2, n_embd=16,
+                     pause_id=tok.pause_id)
+    save_checkpoint(str(path), GPT(conf), None, {"kind": "finetune", "model": conf.__dict__, "tokenizer": tok.meta(),
+                                                 "task": task, "m_ft": 0, "config": {"task_file": task_file}})
+    return str(path)
+
+
+def test_task_defaults_to_the_one_the_checkpoint_was_finetuned_on(tok, tmp_path):
+    ckpt = finetuned(tok, tmp_path / "ckpt.pt", "lambada", "")  # finetuned on the official files
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"text": "gap 1 5 w3"}) + "\n")
+    results = run_eval(ckpt, f"--task_file={test}", "--m_inf=0")
+    assert results[0]["task"] == "lambada" and results[0]["split"] == "test"
+
+
+def test_checkpoint_of_a_task_file_of_its_own_is_told_which_file_to_pass(tok, tmp_path):
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "test.jsonl").write_text(json.dumps({"text": "gap 1 5 w3"}) + "\n")
+    ckpt = finetuned(tok, tmp_path / "ckpt.pt", "lambada", str(tmp_path / "synth" / "train.jsonl"))
+    with pytest.raises(UserError, match=f"pass --task_file={tmp_path / 'synth' / 'test.jsonl'}$"):
+        run_eval(ckpt)
+
+
+def test_console_line_names_the_split_and_the_arm(tok, tmp_path, capsys):
+    ckpt = finetuned(tok, tmp_path / "ckpt.pt", "lambada", "")
+    val = tmp_path / "val.jsonl"
+    val.write_text(json.dumps({"text": "gap 1 5 w3"}) + "\n")
+    result = run_eval(ckpt, f"--task_file={val}", "--m_inf=2", "--filler=w0")[0]
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("val split, StdPT_StdFT_InfFiller (M_ft=0) M_inf=  2: lambada em = ")
+    assert result["variant"] == "StdPT_StdFT_InfFiller" and result["inference_token"] == "w0" and result["ft_m"] == 0

@@ -1,7 +1,13 @@
-"""plots.py: each figure is a real PNG whose .json holds exactly what was plotted; empty input is a UserError."""
+"""plots.py: each figure is a real PNG whose .json holds exactly what was plotted (in %, with its colours);
+an arm has one colour in every figure; empty input is a UserError; `python plots.py minf|variants` plots
+eval.py results files."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+from matplotlib.colors import to_hex
 
 import plots
 from common import UserError
@@ -41,35 +47,35 @@ def test_minf_curve_has_one_series_per_variant_with_its_m_inf(records, tmp_path)
     assert out == str(tmp_path / "fig" / "minf.png")
     assert [s["label"] for s in data["series"]] == plots.VARIANTS + ["StdPT_StdFT_matched"]
     assert [s["m_inf"] for s in data["series"]] == [M_INF] * 4 + [[0]]
-    assert data["series"][3]["value"] == [value("PausePT_PauseFT", m) for m in M_INF]
+    assert data["unit"] == "%" and data["series"][3]["value"] == pytest.approx([100 * value("PausePT_PauseFT", m) for m in M_INF])
 
 
 def test_minf_curve_baseline_is_its_value_at_own_m_ft(records, tmp_path):
     plots.minf_curve(records, "gsm8k", "em", str(tmp_path / "minf.png"))
     base = json.loads((tmp_path / "minf.json").read_text())["baseline"]
-    assert base["label"] == "StdPT_StdFT (M_inf=0)" and base["value"] == value("StdPT_StdFT", 0)
+    assert base["label"] == "StdPT_StdFT (M_inf=0)" and base["value"] == pytest.approx(100 * value("StdPT_StdFT", 0))
 
 
 def test_minf_curve_baseline_without_own_m_ft_is_the_mean(records, tmp_path):
     rows = [r for r in records if not (r["variant"] == "StdPT_StdFT" and r["m_inf"] == 0)]
     plots.minf_curve(rows, "gsm8k", "em", str(tmp_path / "minf.png"))
     base = json.loads((tmp_path / "minf.json").read_text())["baseline"]
-    assert base["value"] == pytest.approx(sum(value("StdPT_StdFT", m) for m in M_INF[1:]) / 3)
+    assert base["value"] == pytest.approx(100 * sum(value("StdPT_StdFT", m) for m in M_INF[1:]) / 3)
 
 
 def test_error_bars_are_what_the_tables_print_and_say_so(records, tmp_path):
     plots.minf_curve(records, "gsm8k", "em", str(tmp_path / "one.png"))  # single runs: their standard error
     data = json.loads((tmp_path / "one.json").read_text())
     assert data["error_bars"] == "error bars: ± 1 standard error over the test examples"
-    assert data["series"][0]["err"] == [0.02] * len(M_INF)
+    assert data["series"][0]["err"] == [2.0] * len(M_INF)
     averaged = [{**r, "n_seeds": 5, "std": 0.1, "stderr": 0.1 / 5 ** 0.5} for r in records]  # as study.aggregate
     plots.minf_curve(averaged, "gsm8k", "em", str(tmp_path / "five.png"))
     data = json.loads((tmp_path / "five.json").read_text())
     assert data["error_bars"] == "error bars: ± 1 std over 5 seeds"  # the tables' mean ± std
-    assert data["series"][0]["err"] == [0.1] * len(M_INF) and data["baseline"]["err"] == 0.1
+    assert data["series"][0]["err"] == [10.0] * len(M_INF) and data["baseline"]["err"] == 10.0
     plots.variants_bar(averaged, "gsm8k", "em", str(tmp_path / "bar.png"))
     bar = json.loads((tmp_path / "bar.json").read_text())
-    assert bar["error_bars"] == "error bars: ± 1 std over 5 seeds" and {b["err"] for b in bar["bars"]} == {0.1}
+    assert bar["error_bars"] == "error bars: ± 1 std over 5 seeds" and {b["err"] for b in bar["bars"]} == {10.0}
 
 
 def test_variants_bar_takes_each_variant_at_m_inf_equal_m_ft(records, tmp_path):
@@ -77,7 +83,7 @@ def test_variants_bar_takes_each_variant_at_m_inf_equal_m_ft(records, tmp_path):
     bars = read_outputs(tmp_path / "bar.png")["bars"]
     assert [b["label"] for b in bars] == plots.VARIANTS + ["StdPT_StdFT_matched"]
     assert [b["m_inf"] for b in bars] == [0, 6, 0, 6, 0]
-    assert [b["value"] for b in bars] == [value(b["variant"], b["m_inf"]) for b in bars]
+    assert [b["value"] for b in bars] == pytest.approx([100 * value(b["variant"], b["m_inf"]) for b in bars])
 
 
 def test_variants_bar_at_a_fixed_m_inf(records, tmp_path):
@@ -118,3 +124,97 @@ def test_empty_input_is_a_user_error(call, records, tmp_path):
     with pytest.raises(UserError):
         call(records, str(tmp_path / "empty.png"))
     assert not (tmp_path / "empty.png").exists()
+
+
+def flops_rows(arms: list[str]) -> tuple[list[dict], list[dict]]:
+    """Arms at the same FLOPs (as an evaluation-only arm and its source are): rows and their seed records."""
+    rows = [{"arm": a, "mean": 0.5, "std": 0.01, "train_flops": 1e12, "infer_flops": 4e6} for a in arms]
+    return rows, [{"arm": a, "value": 0.5, "train_flops": 1e12, "infer_flops": 4e6} for a in arms]
+
+
+def test_an_arm_has_one_colour_in_every_figure(records, tmp_path):
+    plots.minf_curve(records, "gsm8k", "em", str(tmp_path / "all.png"))
+    few = [r for r in records if r["variant"] in ("StdPT_StdFT_matched", "PausePT_PauseFT")]
+    plots.minf_curve(few, "gsm8k", "em", str(tmp_path / "few.png"))
+    plots.variants_bar(records, "gsm8k", "em", str(tmp_path / "bar.png"))
+    plots.accuracy_vs_flops(*flops_rows(["PausePT_PauseFT", "StdPT_StdFT_matched"]), "train_flops", "FLOPs",
+                            str(tmp_path / "flops.png"), "t")
+    log = write_log(tmp_path / "log.jsonl", [[{"step": 0, "loss": 3.0}, {"step": 1, "loss": 2.0}]])
+    plots.loss_curves({"StdPT_StdFT_matched": log}, str(tmp_path / "loss.png"))
+    seen: dict[str, set] = {}
+    for name in ("all", "few", "bar", "flops", "loss"):
+        for arm, color in json.loads((tmp_path / f"{name}.json").read_text())["colors"].items():
+            seen.setdefault(arm, set()).add(color)
+    assert {arm: len(c) for arm, c in seen.items() if len(c) > 1} == {}
+    assert len(seen["StdPT_StdFT_matched"] | seen["PausePT_PauseFT"]) == 2
+    study_arms = [k for k in plots.ARM_COLORS if k.count("_") >= 1 and k.split("_")[0] in ("StdPT", "PausePT")]
+    hexes = [to_hex(plots.ARM_COLORS[k]) for k in study_arms]
+    assert len(study_arms) == 15 and len(set(hexes)) == len(hexes)  # no two arms of the study look alike
+    assert not {to_hex(c) for c in plots.SPARE_COLORS} & {to_hex(c) for c in plots.ARM_COLORS.values()}
+
+
+def test_minf_axis_is_linear_in_percent_and_the_band_is_in_the_legend(records, tmp_path):
+    wide = records + [rec(v, M_FT[v], 24) for v in plots.VARIANTS]  # a sweep up to 24 once went logarithmic
+    plots.minf_curve(wide, "gsm8k", "em", str(tmp_path / "minf.png"), title="synthetic largest-gap, LAMBADA format")
+    data = json.loads((tmp_path / "minf.json").read_text())
+    assert data["xscale"] == "linear" and data["unit"] == "%"
+    assert data["baseline"]["band"] in data["legend"] and "standard error" in data["baseline"]["band"]
+    assert data["title"] == "synthetic largest-gap, LAMBADA format"
+
+
+def test_bars_say_how_each_model_was_finetuned_and_what_it_got_at_inference(records, tmp_path):
+    infill = {**rec("StdPT_StdFT_InfFiller", 6, 6), "ft_m": 0, "inference_token": "."}
+    plots.variants_bar(records + [infill], "gsm8k", "em", str(tmp_path / "bar.png"))
+    names = {b["label"]: b["name"] for b in json.loads((tmp_path / "bar.json").read_text())["bars"]}
+    assert names["StdPT_StdFT_InfFiller"] == "StdPT_StdFT_InfFiller\nfinetuned M_ft=0\ninference: 6 × '.'"
+    assert names["PausePT_PauseFT"] == "PausePT_PauseFT\nfinetuned M_ft=6\ninference: 6 × <pause>"
+    assert names["StdPT_StdFT"].endswith("finetuned M_ft=0\ninference: no pauses")
+
+
+def test_arms_at_the_same_flops_stay_visible(tmp_path):
+    arms = ["StdPT_StdFT", "StdPT_StdFT_InfFiller", "StdPT_StdFT_matched"]
+    plots.accuracy_vs_flops(*flops_rows(arms), "infer_flops", "inference FLOPs", str(tmp_path / "f.png"), "t")
+    data = json.loads((tmp_path / "f.json").read_text())
+    assert len(set(data["markers"].values())) == 3 and len(set(data["offsets_inch"].values())) == 3
+
+
+def test_undefined_spread_prints_a_dash():
+    assert [plots.fmt_num(x) for x in (float("nan"), None, 1.25)] == ["—", "—", "1.2"]
+
+
+def write_results(path, variant: str, m_ft: int, values: list[float]) -> str:
+    """An eval.py results file of one checkpoint over M_inf = 0, 4, 8."""
+    path.write_text(json.dumps([{**rec(variant, m_ft, m), "value": v, "samples": [{"doc_id": 0}]}
+                                for m, v in zip([0, 4, 8], values)]))
+    return str(path)
+
+
+def run_plots(*args) -> subprocess.CompletedProcess:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "plots.py", *args], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_plots_the_m_inf_curve_and_bars_of_eval_results(tmp_path):
+    a = write_results(tmp_path / "a.json", "StdPT_StdFT", 0, [0.4, 0.1, 0.0])
+    b = write_results(tmp_path / "b.json", "PausePT_PauseFT", 4, [0.1, 0.6, 0.5])
+    p = run_plots("minf", a, b, f"--out={tmp_path / 'fig' / 'minf.png'}")
+    assert p.returncode == 0, p.stderr
+    data = read_outputs(tmp_path / "fig" / "minf.png")
+    assert {s["label"]: s["value"] for s in data["series"]} == {"StdPT_StdFT": [40.0, 10.0, 0.0],
+                                                                "PausePT_PauseFT": [10.0, 60.0, 50.0]}
+    assert data["error_bars"] == "error bars: ± 1 standard error over the test examples"
+    assert "samples" not in data["records"][0]
+    plots.cli(["variants", a, b, "--out", str(tmp_path / "bars.png")])  # in process: one subprocess is enough
+    assert [b["value"] for b in read_outputs(tmp_path / "bars.png")["bars"]] == [40.0, 60.0]
+
+
+@pytest.mark.parametrize("content,message", [(None, "does not exist"), ("{not json", "cannot be read as JSON"),
+                                             ('{"a": 1}', "is not an eval.py results file")])
+def test_cli_bad_results_file_is_a_user_error(tmp_path, content, message):
+    path = tmp_path / "r.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        plots.cli(["minf", str(path), f"--out={tmp_path / 'x.png'}"])
+    assert not (tmp_path / "x.png").exists()

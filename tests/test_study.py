@@ -96,8 +96,17 @@ def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
     # a second run reuses every finished run and result
     mtimes = {p: os.path.getmtime(p) for p in (tmp_path / "seed1" / "PausePT_PauseFT").iterdir()}
     assert "PausePT_PauseFT" in (tmp_path / "summary.md").read_text()
+    run_s = summary["elapsed_s"]
+    assert summary["pass"] == "ran" and run_s > 0 and "out_dir" not in summary["config"]  # no temp path recorded
     study.main(cfg)
     assert mtimes == {p: os.path.getmtime(p) for p in (tmp_path / "seed1" / "PausePT_PauseFT").iterdir()}
+    again = json.load(open(tmp_path / "summary.json"))  # the rerun's seconds are its own, not the run's
+    assert again["elapsed_s"] == run_s and again["pass"] == "reuse" and again["pass_s"] > 0
+    assert f"run time {run_s / 60:.1f} min" in (tmp_path / "summary.md").read_text()
+    md, figure = (tmp_path / "summary.md").read_text(), (tmp_path / "variants.json").read_text()
+    (tmp_path / "variants.json").unlink()
+    study.report.redraw(str(tmp_path / "summary.json"))  # a committed record redrawn alone gives the same
+    assert (tmp_path / "summary.md").read_text() == md and (tmp_path / "variants.json").read_text() == figure
 
 
 def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, monkeypatch):
@@ -120,8 +129,11 @@ def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, 
     # results copied from another machine without their checkpoints: summarised, nothing retrained
     for p in tmp_path.glob("seed*/*/ckpt.pt"):
         p.unlink()
+    run_s = json.load(open(tmp_path / "summary.json"))["elapsed_s"]
     study.main(dataclasses.replace(cfg, seeds=2, aggregate_only=True))
-    assert json.load(open(tmp_path / "summary.json"))["records"] == before and not list(tmp_path.glob("seed*/*/ckpt.pt"))
+    after = json.load(open(tmp_path / "summary.json"))
+    assert after["records"] == before and not list(tmp_path.glob("seed*/*/ckpt.pt"))
+    assert after["elapsed_s"] == run_s and after["pass"] == "aggregate-only"  # both seeds' work, kept
     with pytest.raises(study.UserError):
         study.main(dataclasses.replace(cfg, arms=["NoSuchArm"]))
 
@@ -137,3 +149,23 @@ def test_matched_steps_follow_the_stated_formula(tmp_path):
     cfg = study.StudyConfig(task="lambada", ft_iters=1000)
     # inputs: prefixes of 4 and 6 tokens, targets of 1: Σ = 12 without pauses, 12 + 2 × 12 = 36 with 12 each
     assert study.matched_iters(cfg, str(path), str(ckpt), 12) == 3000
+
+
+def test_one_seed_summary_prints_a_dash_where_a_spread_is_undefined():
+    records = [{**rec("StdPT_StdFT", 0, 0, 0.5), "split": "test", "ft_iters": 10},
+               {**rec("StdPT_PauseFT", 0, 4, 0.6), "m_ft": 4, "split": "test", "ft_iters": 10}]
+    cfg = study.StudyConfig(m_ft=4, m_inf=[0, 4])
+    runs = [v for v in study.variants(cfg) if v["name"] in ("StdPT_StdFT", "StdPT_PauseFT")]
+    pairs = study.comparisons(records, "em", runs, cfg.m_inf)
+    assert math.isnan(pairs[0]["std"])
+    summary = {"task": "gsm8k", "metric": "em", "config": dataclasses.asdict(cfg), "elapsed_s": 60.0,
+               "aggregated": study.aggregate(records), "paired_by_split": {"test": pairs}, "records": records}
+    text = study.report.summary_md(summary, runs)
+    assert "nan" not in text and "| +10.0 | — | — | — | 1/1 |" in text and "run time 1.0 min" in text
+
+
+def test_help_shows_what_the_cpu_preset_sets(capsys):
+    with pytest.raises(SystemExit):
+        study.parse_config(study.StudyConfig, ["--help"])
+    out = capsys.readouterr().out
+    assert all(f"--{k}=" in out.split("options")[0] for k in study.CPU_PRESET) and "--ft_iters=2500" in out

@@ -145,8 +145,8 @@ def test_nq_open(tmp_path):
 
 # -------------------------------------------------------------------------------------- errors
 
-def test_missing_file_names_it(tmp_path):
-    with pytest.raises(UserError, match="nowhere.jsonl"):
+def test_missing_file_names_it_and_the_command_that_fetches_it(tmp_path):
+    with pytest.raises(UserError, match=r"nowhere.jsonl does not exist; `python tasks.py download --task=gsm8k`"):
         tasks.load_task("gsm8k", str(tmp_path / "nowhere.jsonl"))
 
 
