@@ -72,6 +72,12 @@ def heldout_strings(n: int, count: int = 1000) -> list[list[int]]:
     return draw(np.random.default_rng([1, n]), count, n, n)
 
 
+def seen_in_training(n: int, seed: int, steps: int, batch_size: int, n_test: int) -> float:
+    """Share of the held-out strings that also came up among a run's training strings (fresh draws can repeat)."""
+    seen = {tuple(s) for step in range(steps) for s in train_strings(seed, step, batch_size, n) if len(s) == n}
+    return sum(tuple(s) in seen for s in heldout_strings(n, n_test)) / n_test
+
+
 def dense_target(bits: list[int], j: int, dense: str) -> str:
     """What pause j predicts under dense supervision: count -> at least j ones ("1"/"0"); prefix -> parity of bits[:j]."""
     return ("1" if sum(bits) >= j else "0") if dense == "count" else parity_word(bits[:j])
@@ -243,9 +249,11 @@ def summarize(cfg: ParityConfig, records: list[dict]) -> dict:
                              "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals,
                              **{k: rs[0][k] for k in ("steps", "n_layer", "pauses", "train_flops", "infer_flops")},
                              "wall_s": statistics.fmean(r["wall_s"] for r in rs)})
+    seen = {n: statistics.fmean(seen_in_training(n, seed, cfg.iters, cfg.batch_size, cfg.n_test)
+                                for seed in {r["seed"] for r in records if r["n"] == n}) for n in {r["n"] for r in records}}
     wall = max(r["start"] + r["wall_s"] for r in records) - min(r["start"] for r in records)
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "shard", "shards", "aggregate")}
-    summary = {"config": config, "rows": rows, "records": records, "sweep_wall_s": wall,
+    summary = {"config": config, "rows": rows, "records": records, "heldout_seen_in_training": seen, "sweep_wall_s": wall,
                "run_s_total": sum(r["wall_s"] for r in records)}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -261,6 +269,8 @@ def summarize(cfg: ParityConfig, records: list[dict]) -> dict:
         lines.append(f"| {r['n']} | {r['arm']} | {r['n_layer']} | {r['pauses']} | {r['steps']} | "
                      f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} | {r['train_flops'] / 1e12:.3f} | "
                      f"{r['infer_flops'] / 1e6:.2f} | {r['wall_s']:.0f} |")
+    lines += ["", "Held-out strings that also came up in training (fresh draws repeat at small n), mean over seeds: " +
+              ", ".join(f"n = {n}: {100 * v:.1f} %" for n, v in sorted(seen.items())) + "."]
     lines += ["", f"Sweep wall time {wall / 60:.1f} min (first start to last finish); runs summed "
                   f"{summary['run_s_total'] / 60:.1f} min."]
     with open(os.path.join(cfg.out_dir, "summary.md"), "w") as f:

@@ -104,6 +104,10 @@ def test_training_strings_are_fresh_every_step_and_reproducible():
     assert a == sep.train_strings(0, 7, 64, 12) and a != b and a != sep.train_strings(1, 7, 64, 12)
     lengths = {len(s) for s in a + b}
     assert lengths <= set(range(2, 13)) and len(lengths) > 5
+    # with 2 steps of 4 strings of 2..2 bits, every 2-bit string but the ones never drawn is seen
+    drawn = {tuple(s) for step in range(2) for s in sep.train_strings(3, step, 4, 2)}
+    assert sep.seen_in_training(2, 3, 2, 4, 40) == sum(tuple(s) in drawn for s in sep.heldout_strings(2, 40)) / 40
+    assert 0 < sep.seen_in_training(2, 3, 2, 4, 40) and sep.seen_in_training(30, 0, 2, 4, 40) == 0
     test = sep.heldout_strings(12, 200)
     assert test == sep.heldout_strings(12, 200) and {len(s) for s in test} == {12}
 
