@@ -263,11 +263,12 @@ def summarize(cfg: ParityConfig, records: list[dict]) -> dict:
              f"{cfg.n_embd}, lr {cfg.lr}; Pause_dense targets: {cfg.dense}, annealed to 0 over the first "
              f"{cfg.anneal_frac:.0%} of the steps. FLOPs from flops.py: training (pads and pauses counted), "
              "inference per test example.", "",
-             "| n | arm | layers | pauses | steps | accuracy % | train TFLOPs | inference MFLOPs/example | s/run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| n | arm | layers | pauses | steps | accuracy % | per seed | train TFLOPs | inference MFLOPs/example | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['n']} | {r['arm']} | {r['n_layer']} | {r['pauses']} | {r['steps']} | "
-                     f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} | {r['train_flops'] / 1e12:.3f} | "
+                     f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} | {', '.join(f'{100 * v:.1f}' for v in r['values'])} | "
+                     f"{r['train_flops'] / 1e12:.3f} | "
                      f"{r['infer_flops'] / 1e6:.2f} | {r['wall_s']:.0f} |")
     lines += ["", "Held-out strings that also came up in training (fresh draws repeat at small n), mean over seeds: " +
               ", ".join(f"n = {n}: {100 * v:.1f} %" for n, v in sorted(seen.items())) + "."]
