@@ -257,7 +257,7 @@ def summarize(cfg: ParityConfig, records: list[dict]) -> dict:
                "run_s_total": sum(r["wall_s"] for r in records)}
     with open(os.path.join(cfg.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    lines = [f"# Parity, fresh strings every step ({len({r['seed'] for r in records})} seeds)", "",
+    lines = [f"# Parity, fresh strings every step (up to {len({r['seed'] for r in records})} seeds: see each row's)", "",
              f"Exact match on {cfg.n_test} held-out n-bit strings per n, mean ± std over seeds (seed values in "
              f"summary.json). Training strings of 2..n bits, {cfg.batch_size} per step; {cfg.n_layer} layers x "
              f"{cfg.n_embd}, lr {cfg.lr}; Pause_dense targets: {cfg.dense}, annealed to 0 over the first "
@@ -287,10 +287,11 @@ def plot(rows: list[dict], out_png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in dict.fromkeys(r["arm"] for r in rows):
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for i, arm in enumerate(arms):  # a small sideways shift per arm, so that equal scores stay visible
         rs = [r for r in rows if r["arm"] == arm]
-        ax.errorbar([r["n"] for r in rs], [100 * r["mean"] for r in rs], yerr=[100 * r["std"] for r in rs],
-                    marker="o", capsize=3, label=arm)
+        ax.errorbar([r["n"] + 0.2 * (i - len(arms) // 2) for r in rs], [100 * r["mean"] for r in rs],
+                    yerr=[100 * r["std"] for r in rs], marker="osD^v"[i % 5], capsize=3, label=arm)
     ax.axhline(50, color="gray", lw=0.8, ls=":")
     ax.set(xlabel="n (bits of the test strings)", ylabel="exact match % (held-out)", ylim=(40, 102),
            title="Parity: accuracy vs n (mean ± std over seeds)")
