@@ -97,7 +97,7 @@ def _err_caption(rows: list[dict]) -> str:
     return "error bars: " + _err_name(rows)
 
 
-def _save(fig, out_png: str, data: dict) -> str:
+def save_figure(fig, out_png: str, data: dict) -> str:
     """Write the PNG and its .json beside it (each via a temp file and a rename), close the figure."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
@@ -168,7 +168,7 @@ def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseli
                         "err": [_pct(_err(r)) for r in rs]}
                        for k, rs in series.items()],
             "records": [r for rs in series.values() for r in rs]}
-    return _save(fig, out_png, data)
+    return save_figure(fig, out_png, data)
 
 
 def bar_label(label: str, r: dict) -> str:
@@ -208,7 +208,7 @@ def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: 
     caption = _err_caption([r for _, r in bars])
     ax.set(ylabel=f"{metric}, %", title=f"{title or task}: {metric} at {where}\n{caption}")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_png, {"task": task, "title": title or task, "metric": metric, "unit": "%", "at": at,
+    return save_figure(fig, out_png, {"task": task, "title": title or task, "metric": metric, "unit": "%", "at": at,
                                 "error_bars": caption, "colors": colors,
                                 "bars": [{"label": k, "name": n, "variant": r["variant"], "m_ft": r["m_ft"], "m_inf": r["m_inf"],
                                           "value": v, "err": e, "record": r}
@@ -277,7 +277,7 @@ def loss_curves(logs: dict[str, str], out_png: str, title: str = "", smooth: int
     ax.set(xlabel="step", ylabel="loss (log scale)" if logy else "loss", title=title or "loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return _save(fig, out_png, {"title": title, "colors": colors, "runs": runs})
+    return save_figure(fig, out_png, {"title": title, "colors": colors, "runs": runs})
 
 
 def accuracy_vs_flops(rows: list[dict], records: list[dict], key: str, label: str, out_png: str, title: str) -> str:
@@ -306,7 +306,7 @@ def accuracy_vs_flops(rows: list[dict], records: list[dict], key: str, label: st
     ax.set_ylabel("accuracy, % (mean ± std over seeds;\nfaint: each seed)")
     ax.set_title(f"{title}\naccuracy vs {label.split(' (')[0]}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return _save(fig, out_png, {"title": title, "key": key, "unit": "%", "colors": colors, "markers": markers,
+    return save_figure(fig, out_png, {"title": title, "key": key, "unit": "%", "colors": colors, "markers": markers,
                                 "offsets_inch": offsets, "rows": rows})
 
 

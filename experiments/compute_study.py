@@ -1,4 +1,4 @@
-"""Pauses at equal compute: two experiments whose every result carries its FLOPs (flops.py), each
+"""Pauses at equal compute: an experiment whose every result carries its FLOPs (flops.py), each
 pause arm paired, seed by seed, with no-pause baselines matched in training and in inference FLOPs.
 
   curriculum  the cpu study's largest-gap task, corpus and 3-layer StdPT pretraining (study.py --preset=cpu);
@@ -6,9 +6,8 @@ pause arm paired, seed by seed, with no-pause baselines matched in training and 
               thought replaced by pauses stage by stage, ending in PauseFT's format); StdFT_matched (as many
               finetuning FLOPs as PauseFT); Deep_StdFT (the fewest layers whose inference FLOPs per example reach
               PauseFT's, pretrained and finetuned on as many FLOPs as the 3-layer PauseFT route).
-  separation  n-bit parity (separation.py) from random initialisation, 2 layers: NoPause; Pause (M = n);
-              NoPause_3x (3x Pause's training FLOPs); Deep_NoPause (inference FLOPs reach Pause's, training
-              FLOPs equal to Pause's).
+
+(Parity, the capability-separation experiment, is experiments/separation.py.)
 
 Every arm of every seed is its own folder and can run as its own process; a second call reuses finished work:
 
@@ -26,7 +25,6 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import torch
 
 import data
 import eval as evaluation
@@ -34,26 +32,24 @@ import finetune
 import flops
 import tasks
 import train
-from common import (DEVICES, UserError, check_config, load_checkpoint, opt, parse_config, run_main, save_checkpoint,
-                    write_json, write_text)
-from experiments import report, separation, synth
+from common import DEVICES, UserError, check_config, load_checkpoint, opt, parse_config, run_main, write_json, write_text
+from experiments import report, synth
 from experiments.curriculum import COT_KINDS, CurriculumConfig, CurriculumData
 from experiments.study import CPU_PRETRAIN, CPU_SYNTH
-from model import GPT, GPTConfig
+from model import GPTConfig
 from plots import fmt_num
-from tokenizer import WordTokenizer, from_meta, padded_vocab
+from tokenizer import from_meta, padded_vocab
 
 EXPERIMENTS = {  # arm -> (which model, M_ft, finetuning options); the first arm of each pair list is the reference
     "curriculum": ["StdFT", "PauseFT", "CurriculumFT", "StdFT_matched", "Deep_StdFT"],
-    "separation": ["NoPause", "Pause", "NoPause_3x", "Deep_NoPause"],
 }
-PAUSE_ARMS = {"curriculum": ["PauseFT", "CurriculumFT"], "separation": ["Pause"]}
-MATCHED = {"curriculum": ["StdFT_matched", "Deep_StdFT"], "separation": ["NoPause_3x", "Deep_NoPause"]}
+PAUSE_ARMS = {"curriculum": ["PauseFT", "CurriculumFT"]}
+MATCHED = {"curriculum": ["StdFT_matched", "Deep_StdFT"]}
 
 
 @dataclass
 class ComputeStudyConfig:
-    """Two experiments that look for a pause gain surviving compute matching; see the module doc."""
+    """An experiment that looks for a pause gain surviving compute matching; see the module doc."""
     experiment: str = opt("curriculum", "which experiment", choices=tuple(EXPERIMENTS))
     out_dir: str = opt("out/compute", "results go to OUT_DIR/EXPERIMENT/ (seedK/ARM/, summary.md, summary.json, plots)")
     seeds: int = opt(5, "seeds 0..N-1 (each a fresh pretraining, finetuning and initialisation)", ge=1)
@@ -70,13 +66,6 @@ class ComputeStudyConfig:
     cot_frac: float = opt(0.5, "curriculum: share of the steps walking the CoT stages", gt=0, le=1)
     cot_mix: float = opt(0.3, "curriculum: probability of an example from an earlier stage", ge=0, le=1)
     max_examples: int = opt(1000, "test questions evaluated (0 = all)", ge=0)
-    bits: int = opt(12, "separation: bits of a val/test parity question (also the pause arm's M)", ge=1)
-    train_bits: list[int] = opt([2, 12], "separation: bits of training questions, lo,hi", ge=1)
-    sep_n_train: int = opt(3000, "separation: distinct training questions (bit strings are few: 2..12 bits, 8188)", ge=1)
-    sep_layers: int = opt(2, "separation: layers of the NoPause and Pause models", ge=1)
-    sep_iters: int = opt(3000, "separation: steps of NoPause and Pause", ge=1)
-    sep_lr: float = opt(1e-3, "separation: peak learning rate", gt=0, le=train.MAX_LR)
-    sep_batch_size: int = opt(64, "separation: batch size", ge=1)
     device: str = opt("cpu", "where to run (the budgets above are for 2 CPU cores)", choices=DEVICES)
 
 
@@ -103,8 +92,7 @@ def deeper(conf: GPTConfig, prompt_len: int, target_len: int, pauses: int) -> GP
 
 def ft_config(cfg: ComputeStudyConfig, out: str, init: str, task_file: str, seed: int, m_ft: int, iters: int,
               **kw) -> finetune.FinetuneConfig:
-    sep = cfg.experiment == "separation"
-    lr, bs = (cfg.sep_lr, cfg.sep_batch_size) if sep else (cfg.ft_lr, cfg.ft_batch_size)
+    lr, bs = cfg.ft_lr, cfg.ft_batch_size
     cls = CurriculumConfig if "cot" in kw else finetune.FinetuneConfig
     return cls(init_from=init, task="lambada", task_file=task_file, out_dir=out, m_ft=str(m_ft), max_iters=iters,
                batch_size=bs, learning_rate=lr, min_lr=lr / 10, warmup_iters=min(100, iters // 10),
@@ -170,44 +158,6 @@ def curriculum_seed(cfg: ComputeStudyConfig, root: str, seed: int, build: bool =
                   "n_layer": (deep if arm == "Deep_StdFT" else conf).n_layer} for arm, ft in runs.items()}
 
 
-def separation_seed(cfg: ComputeStudyConfig, root: str, seed: int, build: bool = True) -> dict[str, dict]:
-    """The parity arms of one seed, each from its own random initialisation (a step-0 'pretrained' checkpoint)."""
-    task_dir = os.path.join(root, "task")
-    if not os.path.exists(os.path.join(task_dir, "test.jsonl")):
-        n_test = cfg.max_examples or 1000
-        separation.write_parity(task_dir, cfg.bits, tuple(cfg.train_bits), n_train=cfg.sep_n_train,
-                                n_val=max(1, n_test // 5), n_test=n_test)
-    tok = WordTokenizer(list(separation.WORDS))
-    conf = GPTConfig(block_size=2 * cfg.bits + 8, vocab_size=padded_vocab(tok.vocab_size), n_layer=cfg.sep_layers,
-                     n_head=4, n_embd=64, pause_id=tok.pause_id)
-    deep = deeper(conf, cfg.bits + 1, 2, cfg.bits)
-
-    def init(c: GPTConfig, name: str) -> str:
-        path = os.path.join(root, f"seed{seed}", name, "ckpt.pt")
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.manual_seed(seed)
-            save_checkpoint(path, GPT(c), None, {"kind": "pretrain", "model": dataclasses.asdict(c), "step": 0,
-                                                  "tokenizer": tok.meta(), "config": {"pause_frac": 0.0}})
-        return path
-
-    train_file = os.path.join(task_dir, "train.jsonl")
-    base = lambda arm, c, m, iters: ft_config(cfg, os.path.join(root, f"seed{seed}", arm), init(c, f"init_{c.n_layer}L"),
-                                              train_file, seed, m, iters)
-    pause = base("Pause", conf, cfg.bits, cfg.sep_iters)
-    plain = base("NoPause", conf, 0, cfg.sep_iters)
-    pause_flops = mean_step_flops(pause, tok, conf) * cfg.sep_iters
-    runs = {"NoPause": plain, "Pause": pause,
-            "NoPause_3x": base("NoPause_3x", conf, 0, math.ceil(3 * pause_flops / mean_step_flops(plain, tok, conf))),
-            "Deep_NoPause": base("Deep_NoPause", deep, 0, round(pause_flops / mean_step_flops(plain, tok, deep)))}
-    return {arm: {"ft": ft, "pt_log": None, "m_inf": int(ft.m_ft), "n_layer": (deep if arm == "Deep_NoPause" else conf).n_layer}
-            for arm, ft in runs.items()}
-
-
-def test_file(cfg: ComputeStudyConfig, root: str) -> str:
-    return os.path.join(root, "synth" if cfg.experiment == "curriculum" else "task", "test.jsonl")
-
-
 def run_arm(cfg: ComputeStudyConfig, root: str, seed: int, arm: str, run: dict) -> dict:
     """Finetune (if not done), evaluate at M_inf = M_ft (if not done), and return the arm's record with its FLOPs."""
     ft = run["ft"]
@@ -217,7 +167,7 @@ def run_arm(cfg: ComputeStudyConfig, root: str, seed: int, arm: str, run: dict) 
         res = json.load(open(res_path))
     else:
         res = evaluation.main(evaluation.EvalConfig(
-            ckpt=os.path.join(ft.out_dir, "ckpt.pt"), task="lambada", task_file=test_file(cfg, root), m_inf=[run["m_inf"]],
+            ckpt=os.path.join(ft.out_dir, "ckpt.pt"), task="lambada", task_file=os.path.join(root, "synth", "test.jsonl"), m_inf=[run["m_inf"]],
             max_examples=cfg.max_examples, batch_size=256, max_new_tokens=4, out=res_path, device=cfg.device))
     ledger = flops.run_totals(os.path.join(ft.out_dir, "log.jsonl"))
     pre = flops.run_totals(run["pt_log"]) if run["pt_log"] else dict.fromkeys(flops.Ledger.KEYS, 0)
@@ -291,7 +241,7 @@ def main(cfg: ComputeStudyConfig) -> dict | None:
     root = os.path.join(cfg.out_dir, cfg.experiment)
     os.makedirs(root, exist_ok=True)
     seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
-    setup = curriculum_seed if cfg.experiment == "curriculum" else separation_seed
+    setup = curriculum_seed
     records = []
     for seed in seeds:
         if cfg.aggregate:  # only what is finished
