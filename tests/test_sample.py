@@ -64,6 +64,10 @@ def test_each_row_stops_at_its_own_budget(model):
         assert rows == [greedy_by_hand(model, p, n) for p, n in zip(prompts, budgets)]
 
 
+def test_zero_new_tokens_gives_empty_rows(model):
+    assert generate(model, [[1, 2, 3], [4]], 0, VOCAB) == [[], []]
+
+
 def test_m_inf_zero_is_plain_decoding(model):
     prompt = [3, 1, 4, 1, 5]
     assert generate(model, [with_pauses(prompt, 0, PAUSE)], 15, VOCAB) == [greedy_by_hand(model, prompt, 15)]
