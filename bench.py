@@ -148,6 +148,8 @@ def bench_decoding(cfg: BenchConfig, tc: TrainConfig, rt) -> dict:
     examples/s of greedy answers (16 tokens) for M_inf in 0, 5, 10, rows of similar length batched together."""
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(tc)).to(rt.device).eval()
+    if rt.device.type == "cpu":
+        model.column_major_()  # as sample.load_model does
     rng = np.random.default_rng(cfg.seed)
     prompt = rng.integers(0, GPT2_EOT, cfg.prompt_len).tolist()
     n_new = min(cfg.new_tokens, tc.block_size - cfg.prompt_len)

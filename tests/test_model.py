@@ -66,8 +66,18 @@ def test_last_position_logits_equal_the_last_row_of_full_logits():
     assert last.shape == (2, 1, 64) and torch.allclose(last, full[:, -1:], atol=1e-6)
     cache = model.new_cache(2, 32)
     assert torch.allclose(model(idx, cache=cache, last_only=True)[0], full[:, -1:], atol=1e-5)
-    head_t = model.lm_head.weight.t().contiguous()
-    assert torch.allclose(model(idx, last_only=True, lm_head_t=head_t)[0], last, atol=1e-6)
+
+
+def test_column_major_weights_give_the_same_logits_and_stay_tied():
+    model, idx = tiny(), tokens(2, 12)
+    full, _ = model(idx)
+    model.column_major_()
+    assert model.lm_head.weight.stride() == (1, 64) and model.transformer.h[0].mlp.c_fc.weight.stride() == (1, 128)
+    assert model.transformer.wte.weight is model.lm_head.weight
+    assert torch.allclose(model(idx)[0], full, atol=1e-6)
+    cache = model.new_cache(2, 32)
+    steps = [model(idx[:, :6], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(6, 12)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 
 def _pause_row_grads(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

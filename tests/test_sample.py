@@ -1,5 +1,7 @@
 """Pause-inference: pauses appended and prefilled, outputs read after the last pause, <pause> never emitted
 (every test with learned and with rotary positions)."""
+import copy
+
 import pytest
 import torch
 
@@ -55,6 +57,11 @@ def test_kv_cache_equals_full_recomputation(model):
     assert cached == recomputed
     assert cached == [greedy_by_hand(model, p, 20) for p in prompts]  # left padding changes nothing
     assert len(set(map(tuple, cached))) > 1
+
+
+def test_weights_laid_out_for_decoding_give_the_same_tokens(model):
+    prompts = [with_pauses([1, 2, 3, 4, 5], 4, PAUSE), with_pauses([7, 8], 4, PAUSE)]
+    assert generate(copy.deepcopy(model).column_major_(), prompts, 20, VOCAB) == generate(model, prompts, 20, VOCAB)
 
 
 def test_each_row_stops_at_its_own_budget(model):
