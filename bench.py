@@ -1,12 +1,15 @@
-"""Speed, measured in one run: training tokens/s and MFU for StdPT vs PausePT, the share of a step
-spent building batches, sampling tokens/s with and without the KV cache, and the time to the
-first answer token with M_inf = 0 and M_inf = 10 pauses.
+"""Speed, measured in one run: a training step of StdPT and of PausePT in alternating rounds (median, spread,
+ratio, achieved GFLOP/s beside a matmul of the model's shapes), decoding one row with and without the KV cache,
+the time to the first answer token with M_inf = 0 and 10 pauses, and batched evaluation over an M_inf sweep.
 
-    python bench.py                                   # tiny preset on this machine
-    python bench.py --preset=config/130m.toml --batch_size=8 --compile   # on a GPU
+    python bench.py                                    # 6 x 384 model, GPT-2 vocabulary, on this machine
+    python bench.py --compare_to=/tmp/old              # also: this model.py vs another checkout's, alternating
+    python bench.py --preset=config/130m.toml --batch_size=16 --compile   # on a GPU
 """
+import importlib.util
 import json
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,23 +17,29 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common import DEVICES, DTYPES, check_config, load_toml, opt, parse_config, run_main, setup_runtime
+import flops
+from common import DEVICES, DTYPES, UserError, check_config, load_toml, opt, parse_config, run_main, setup_runtime
 from data import PretrainData
 from model import GPT, GPTConfig
 from sample import generate, with_pauses
 from tokenizer import GPT2_EOT, GPT2_PAUSE, padded_vocab
 from train import TrainConfig, make_optimizer
 
+VOCAB = GPT2_PAUSE + 1  # GPT-2's tokens and <pause>
+
 
 @dataclass
 class BenchConfig:
-    """Benchmark training and sampling on random GPT-2-sized tokens with a preset's model."""
-    preset: str = opt("config/tiny.toml", "train.py config file giving the model and batch sizes")
+    """Benchmark training, decoding and batched evaluation on random GPT-2 tokens with a preset's model."""
+    preset: str = opt("config/cpu_bench.toml", "train.py config file giving the model and batch sizes")
     batch_size: int = opt(0, "override the preset's micro-batch size (0 = keep)", ge=0)
-    steps: int = opt(5, "timed training steps per run (after warmup)", ge=1)
-    warmup: int = opt(2, "untimed steps first (compilation, allocator)", ge=0)
-    prompt_len: int = opt(64, "prompt tokens for the sampling benchmarks", ge=1)
-    new_tokens: int = opt(32, "tokens decoded in the sampling benchmark", ge=1)
+    rounds: int = opt(10, "timed rounds; each times one training step of every variant, in alternating order", ge=1)
+    warmup: int = opt(2, "untimed steps of every variant first (compilation, allocator)", ge=0)
+    prompt_len: int = opt(64, "prompt tokens for the decoding benchmarks", ge=16)
+    new_tokens: int = opt(96, "tokens decoded in the one-row decoding benchmark", ge=1)
+    eval_examples: int = opt(32, "prompts (random lengths 16..prompt_len) per M_inf of the batched evaluation", ge=1)
+    eval_batch: int = opt(8, "rows decoded together in the batched evaluation", ge=1)
+    compare_to: str = opt("", "a checkout whose model.py trains alternately with this one (StdPT, same batches)")
     device: str = opt("auto", "where to run", choices=DEVICES)
     dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
     compile: bool = opt(False, "torch.compile the model for the training benchmark")
@@ -43,8 +52,8 @@ def random_data_dir(path: str, n_tokens: int, seed: int) -> str:
     for split in ("train", "val"):
         tokens.tofile(os.path.join(path, f"{split}_00000.bin"))
     shard = [{"file": "train_00000.bin", "tokens": n_tokens}]
-    meta = {"tokenizer": {"kind": "gpt2", "vocab_size": GPT2_PAUSE + 1, "eot_id": GPT2_EOT, "pause_id": GPT2_PAUSE},
-            "vocab_size": GPT2_PAUSE + 1, "pause_id": GPT2_PAUSE, "eot_id": GPT2_EOT, "dtype": "uint16",
+    meta = {"tokenizer": {"kind": "gpt2", "vocab_size": VOCAB, "eot_id": GPT2_EOT, "pause_id": GPT2_PAUSE},
+            "vocab_size": VOCAB, "pause_id": GPT2_PAUSE, "eot_id": GPT2_EOT, "dtype": "uint16",
             "shards": {"train": shard, "val": [{**shard[0], "file": "val_00000.bin"}]}}
     with open(os.path.join(path, "meta.json"), "w") as f:
         json.dump(meta, f)
@@ -56,62 +65,109 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_training(cfg: BenchConfig, tc: TrainConfig, rt, data_dir: str, pause_frac: float) -> dict:
-    """Median-free, honest wall clock over cfg.steps full steps; batch building timed on its own too."""
-    data = PretrainData(data_dir, tc.block_size, tc.batch_size, pause_frac, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(block_size=tc.block_size, vocab_size=padded_vocab(data.vocab_size), n_layer=tc.n_layer,
-                          n_head=tc.n_head, n_embd=tc.n_embd, mlp_hidden=tc.mlp_hidden,
-                          pause_id=data.pause_id, pos=tc.pos)).to(rt.device)
-    optimizer = make_optimizer(model, tc)
-    step_fn = torch.compile(model) if cfg.compile else model
-    for step in range(cfg.warmup + cfg.steps):
-        if step == cfg.warmup:
+def spread(times: list[float]) -> str:
+    """'median ms (min-max)' of a list of seconds."""
+    return f"{1e3 * statistics.median(times):.1f} ms ({1e3 * min(times):.1f}-{1e3 * max(times):.1f})"
+
+
+def model_config(tc: TrainConfig) -> GPTConfig:
+    return GPTConfig(block_size=tc.block_size, vocab_size=padded_vocab(VOCAB), n_layer=tc.n_layer, n_head=tc.n_head,
+                     n_embd=tc.n_embd, mlp_hidden=tc.mlp_hidden, pause_id=GPT2_PAUSE, pos=tc.pos)
+
+
+def load_other_model(checkout: str):
+    """The model.py module of another checkout, imported under its own name beside this one's."""
+    path = os.path.join(checkout, "model.py")
+    if not os.path.isfile(path):
+        raise UserError(f"--compare_to={checkout}: no model.py there")
+    spec = importlib.util.spec_from_file_location("other_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_training(cfg: BenchConfig, tc: TrainConfig, rt, data_dir: str) -> dict[str, dict]:
+    """Every variant's step time over cfg.rounds alternating rounds (each round one step of each, the order
+    reversed every round, so load from other processes falls on all alike), and its losses."""
+    variants = {"StdPT": (GPT, 0.0), "PausePT": (GPT, 0.1)}
+    if cfg.compare_to:
+        variants["StdPT, compared"] = (load_other_model(cfg.compare_to).GPT, 0.0)
+    runs = {}
+    for name, (gpt, frac) in variants.items():
+        torch.manual_seed(cfg.seed)
+        model = gpt(model_config(tc)).to(rt.device)
+        runs[name] = {"model": model, "opt": make_optimizer(model, tc), "losses": [], "times": [],
+                      "step": torch.compile(model) if cfg.compile else model,
+                      "data": PretrainData(data_dir, tc.block_size, tc.batch_size, frac, cfg.seed)}
+    for step in range(cfg.warmup + cfg.rounds):
+        for name in (list(runs) if step % 2 == 0 else list(runs)[::-1]):
+            r = runs[name]
+            x, y = r["data"].batch(step)
             sync(rt.device)
             t0 = time.perf_counter()
-        x, y = data.batch(step)
-        with rt.autocast():
-            _, loss = step_fn(x.to(rt.device), y.to(rt.device))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    sync(rt.device)
-    dt = (time.perf_counter() - t0) / cfg.steps
-    t0 = time.perf_counter()
-    for step in range(cfg.steps):
-        data.batch(step)
-    batch_dt = (time.perf_counter() - t0) / cfg.steps
-    tok_s = tc.batch_size * tc.block_size / dt
-    return {"step_ms": dt * 1e3, "tokens_per_sec": tok_s, "mfu": model.estimate_mfu(tok_s, rt.device),
-            "batch_ms": batch_dt * 1e3, "batch_share": batch_dt / dt, "n_params": model.num_params()}
+            with rt.autocast():
+                _, loss = r["step"](x.to(rt.device), y.to(rt.device))
+            loss.backward()
+            r["opt"].step()
+            r["opt"].zero_grad(set_to_none=True)
+            sync(rt.device)
+            r["losses"].append(loss.item())
+            if step >= cfg.warmup:
+                r["times"].append(time.perf_counter() - t0)
+    return runs
+
+
+def gemm_gflops(m: int, k: int, n: int, device: torch.device, repeats: int = 5) -> float:
+    """Float32 GFLOP/s of (m x k) @ (k x n), the median of `repeats`."""
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * m * k * n / statistics.median(times[1:]) / 1e9
+
+
+def timed(fn, device: torch.device, repeats: int) -> list[float]:
+    fn()  # warmup
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 @torch.no_grad()
-def bench_sampling(cfg: BenchConfig, tc: TrainConfig, rt) -> dict:
+def bench_decoding(cfg: BenchConfig, tc: TrainConfig, rt) -> dict:
+    """One row: tokens/s with and without the KV cache, time to the first answer token; batched evaluation:
+    examples/s of greedy answers (16 tokens) for M_inf in 0, 5, 10, rows of similar length batched together."""
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(block_size=tc.block_size, vocab_size=padded_vocab(GPT2_PAUSE + 1), n_layer=tc.n_layer,
-                          n_head=tc.n_head, n_embd=tc.n_embd, mlp_hidden=tc.mlp_hidden,
-                          pause_id=GPT2_PAUSE, pos=tc.pos)).to(rt.device).eval()
-    prompt = torch.randint(0, GPT2_EOT, (cfg.prompt_len,)).tolist()
-    n_new = min(cfg.new_tokens, tc.block_size - cfg.prompt_len - 10)
-
-    def timed(fn, repeats=3) -> float:
-        fn()  # warmup
-        sync(rt.device)
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        sync(rt.device)
-        return (time.perf_counter() - t0) / repeats
-
-    out = {}
+    model = GPT(model_config(tc)).to(rt.device).eval()
+    if rt.device.type == "cpu":
+        model.column_major_()  # as sample.load_model does
+    rng = np.random.default_rng(cfg.seed)
+    prompt = rng.integers(0, GPT2_EOT, cfg.prompt_len).tolist()
+    n_new = min(cfg.new_tokens, tc.block_size - cfg.prompt_len)
+    out = {"n_new": n_new}
     with rt.autocast():
-        for use_cache in (True, False):
-            dt = timed(lambda: generate(model, [prompt], n_new, GPT2_PAUSE + 1, use_cache=use_cache))
-            out[f"sample_tok_s_{'cache' if use_cache else 'nocache'}"] = n_new / dt
+        for use_cache, repeats in ((True, 5), (False, 1)):
+            t = timed(lambda: generate(model, [prompt], n_new, VOCAB, use_cache=use_cache), rt.device, repeats)
+            out["cache" if use_cache else "nocache"] = [n_new / s for s in t]
         for m_inf in (0, 10):  # time to the first answer token: one prefill of prompt + pauses
-            out[f"first_token_ms_m{m_inf}"] = 1e3 * timed(
-                lambda: generate(model, [with_pauses(prompt, m_inf, GPT2_PAUSE)], 1, GPT2_PAUSE + 1), repeats=10)
+            out[f"first_m{m_inf}"] = timed(
+                lambda: generate(model, [with_pauses(prompt, m_inf, GPT2_PAUSE)], 1, VOCAB), rt.device, 10)
+        prompts = sorted((rng.integers(0, GPT2_EOT, rng.integers(16, cfg.prompt_len + 1)).tolist()
+                          for _ in range(cfg.eval_examples)), key=len)
+        for m_inf in (0, 5, 10):
+            batches = [[with_pauses(p, m_inf, GPT2_PAUSE) for p in prompts[s:s + cfg.eval_batch]]
+                       for s in range(0, len(prompts), cfg.eval_batch)]
+            t = timed(lambda: [generate(model, b, 16, VOCAB) for b in batches], rt.device, 1)
+            out[f"eval_m{m_inf}"] = len(prompts) / t[0]
     return out
 
 
@@ -121,22 +177,43 @@ def main(cfg: BenchConfig) -> None:
     tc = check_config(TrainConfig(**load_toml(TrainConfig, cfg.preset)))
     if cfg.batch_size:
         tc.batch_size = cfg.batch_size
-    print(f"device {rt.device} ({torch.cuda.get_device_name() if rt.device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"dtype {str(rt.dtype).split('.')[-1]}, preset {cfg.preset}: {tc.n_layer}x{tc.n_embd}, "
-          f"block {tc.block_size}, batch {tc.batch_size}, compile {cfg.compile}")
+    where = torch.cuda.get_device_name() if rt.device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device {rt.device} ({where}), torch {torch.__version__}, dtype {str(rt.dtype).split('.')[-1]}, "
+          f"preset {cfg.preset}: {tc.n_layer} layers x {tc.n_embd}, {tc.n_head} heads, block {tc.block_size}, "
+          f"batch {tc.batch_size}, vocab {padded_vocab(VOCAB)}, compile {cfg.compile}")
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = random_data_dir(tmp, max(1 << 20, 4 * tc.batch_size * (tc.block_size + 1)), cfg.seed)
-        runs = {name: bench_training(cfg, tc, rt, data_dir, frac) for name, frac in (("StdPT", 0.0), ("PausePT", 0.1))}
+        runs = bench_training(cfg, tc, rt, data_dir)
+    step_flops = flops.train_flops(model_config(tc), tc.batch_size, tc.block_size)
+    rows = tc.batch_size * tc.block_size
     for name, r in runs.items():
-        mfu = "n/a (CPU: no defined peak)" if r["mfu"] is None else f"{r['mfu']:.1%}"
-        print(f"train {name:8s} {r['tokens_per_sec']:>12,.0f} tokens/s  {r['step_ms']:8.1f} ms/step  MFU {mfu}  "
-              f"batch building {r['batch_ms']:.2f} ms = {r['batch_share']:.1%} of a step")
-    print(f"train PausePT/StdPT tokens/s ratio: {runs['PausePT']['tokens_per_sec'] / runs['StdPT']['tokens_per_sec']:.3f}")
-    s = bench_sampling(cfg, tc, rt)
-    print(f"sample {s['sample_tok_s_cache']:,.0f} tokens/s with KV cache, {s['sample_tok_s_nocache']:,.0f} without "
-          f"(x{s['sample_tok_s_cache'] / s['sample_tok_s_nocache']:.2f}), prompt {cfg.prompt_len} tokens")
-    print(f"first answer token: {s['first_token_ms_m0']:.2f} ms with M_inf=0, {s['first_token_ms_m10']:.2f} ms with "
-          f"M_inf=10 (x{s['first_token_ms_m10'] / s['first_token_ms_m0']:.2f})")
+        med = statistics.median(r["times"])
+        mfu = r["model"].estimate_mfu(rows / med, rt.device, tc.block_size)
+        print(f"train {name:15s} step {spread(r['times'])} over {cfg.rounds} rounds, {rows / med:,.0f} tokens/s, "
+              f"{step_flops / med / 1e9:.0f} GFLOP/s" + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+    gemm, hidden = gemm_gflops(rows, tc.n_embd, padded_vocab(VOCAB), rt.device), flops.mlp_width(tc)
+    print(f"matmul limit: {rows}x{tc.n_embd}x{padded_vocab(VOCAB)} (the output layer) at {gemm:.0f} GFLOP/s, "
+          f"{rows}x{tc.n_embd}x{hidden} (the MLP) at {gemm_gflops(rows, tc.n_embd, hidden, rt.device):.0f}"
+          f"; a step is {step_flops / 1e9:.0f} GFLOP (flops.py)")
+
+    def ratio(a: str, b: str) -> str:
+        per_round = [x / y for x, y in zip(runs[a]["times"], runs[b]["times"])]
+        return (f"{statistics.median(runs[a]['times']) / statistics.median(runs[b]['times']):.3f} "
+                f"(per round {min(per_round):.3f}-{max(per_round):.3f})")
+    print(f"train PausePT/StdPT step time: {ratio('PausePT', 'StdPT')}")
+    if cfg.compare_to:
+        diff = max(abs(a - b) for a, b in zip(runs["StdPT"]["losses"], runs["StdPT, compared"]["losses"]))
+        print(f"train this/compared step time: {ratio('StdPT', 'StdPT, compared')}; losses of "
+              f"{len(runs['StdPT']['losses'])} steps differ by at most {diff:.1e}")
+    s = bench_decoding(cfg, tc, rt)
+    med = {k: statistics.median(v) for k, v in s.items() if isinstance(v, list)}
+    print(f"decode one row, {cfg.prompt_len}-token prompt + {s['n_new']}: {med['cache']:,.0f} tokens/s with the KV "
+          f"cache ({min(s['cache']):,.0f}-{max(s['cache']):,.0f}), {med['nocache']:,.0f} without "
+          f"(x{med['cache'] / med['nocache']:.2f})")
+    print(f"first answer token: {1e3 * med['first_m0']:.2f} ms with M_inf=0, {1e3 * med['first_m10']:.2f} ms with "
+          f"M_inf=10 (x{med['first_m10'] / med['first_m0']:.2f})")
+    print(f"batched evaluation, {cfg.eval_examples} prompts of 16-{cfg.prompt_len} tokens, {cfg.eval_batch} a batch, "
+          f"16 greedy tokens each: " + ", ".join(f"{s[f'eval_m{m}']:.1f} examples/s at M_inf={m}" for m in (0, 5, 10)))
 
 
 if __name__ == "__main__":

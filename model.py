@@ -84,6 +84,37 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the logits h @ w.T (h: rows x d, w: vocab x d) over targets != -1, `chunk` rows at a
+    time, the gradient taken on the spot: the full (rows x vocab) float32 logits and their softmax are never held
+    (at batch 8 x 256, vocab 50304 that is 0.4 GB each, and several passes over memory a step)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int,
+                with_grad: bool) -> torch.Tensor:
+        rows = (targets != -1).nonzero()[:, 0]  # ignored targets (pauses) cost no logits at all
+        hk, tk, n = h[rows], targets[rows], max(len(rows), 1)
+        loss = torch.zeros((), device=h.device)
+        grad_h = torch.zeros_like(h) if with_grad else None
+        grad_w = torch.zeros_like(w) if with_grad else None
+        for s in range(0, len(rows), chunk):
+            hc, t = hk[s:s + chunk], tk[s:s + chunk]
+            logp = torch.log_softmax((hc @ w.t()).float(), -1)  # one fused pass over the chunk's logits
+            loss -= logp.gather(1, t[:, None]).sum()
+            if with_grad:  # d loss / d logits = (softmax - one_hot(target)) / n
+                probs = logp.exp_()
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                grad_h[rows[s:s + chunk]] = (probs.to(w.dtype) @ w).div_(n).to(h.dtype)
+                grad_w.addmm_(probs.t().to(h.dtype), hc, alpha=1 / n)  # in place: no vocab x d temporary
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: GPTConfig, layer: int):
@@ -141,6 +172,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    loss_chunk = 256  # rows of logits the training loss holds at once (256 x 50304 float32: 52 MB)
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -184,8 +216,10 @@ class GPT(nn.Module):
         return KVCache(c.n_layer, batch_size, c.n_head, max_len, c.n_embd // c.n_head, w.device, w.dtype)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Float32 logits (B, T, vocab) at every position, and the mean cross-entropy over targets != -1 (or None).
+                key_mask: torch.Tensor | None = None,
+                last_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(float32 logits (B, T, vocab), None) without targets, (None, mean cross-entropy over targets != -1) with
+        them: training never builds the full logits. last_only: logits (B, 1, vocab) of the last position only.
 
         With `cache`, idx continues the cached sequence; `key_mask` (B, cache.pos+T) is False at left padding."""
         B, T = idx.size()
@@ -219,11 +253,25 @@ class GPT(nn.Module):
             x = block(x, cache, attn_mask, rope)
         if cache is not None:
             cache.pos = L
-        logits = self.lm_head(self.transformer.ln_f(x)).float()
-        loss = None
-        if targets is not None:  # pause targets (and anything else not to be learned) are -1 in the data
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        x = self.transformer.ln_f(x[:, -1:] if last_only else x)  # generation reads the last position only
+        if targets is None:
+            return self.lm_head(x).float(), None
+        # pause targets (and anything else not to be learned) are -1 in the data
+        if torch.compiler.is_compiling():  # the compiler fuses the plain loss itself
+            logits = self.lm_head(x).float()
+            return None, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        w = self.lm_head.weight
+        with_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+        return None, ChunkedCrossEntropy.apply(x.reshape(B * T, -1), w, targets.reshape(-1), self.loss_chunk, with_grad)
+
+    def column_major_(self) -> "GPT":
+        """Store every matmul weight column-major, same values and shapes, for inference on a CPU: a one-row matmul
+        streams a weight so laid out about twice as fast, and decoding one row is such matmuls (at 6 x 384 wide,
+        119 MB of weights a token, 77 MB of them the output layer, tied to the embedding table)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.data = module.weight.data.t().contiguous().t()
+        return self
 
     @staticmethod
     def _causal_mask(past: int, T: int, device: torch.device) -> torch.Tensor:
@@ -236,7 +284,8 @@ class GPT(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+        # fused: one kernel over all tensors instead of a few small ops per tensor, on a CPU as well
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training flops per token on sequences of seq_len (default block_size) positions, PaLM appendix B:

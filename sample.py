@@ -56,7 +56,10 @@ def load_model(path: str, device, bpe_file: str | None = None) -> tuple[GPT, obj
         raise UserError(f"checkpoint {path}: weights do not match its config ({str(e).splitlines()[0]})") from None
     if bad := nonfinite_tensors(model):
         raise UserError(f"checkpoint {path}: {len(bad)} tensor(s) hold inf or NaN (e.g. {bad[0]}); it cannot be used")
-    return model.to(device).eval(), from_meta(tok_meta, bpe_file), meta
+    model = model.to(device).eval()
+    if model.lm_head.weight.device.type == "cpu":
+        model.column_major_()  # decoding one row on a CPU: about twice the tokens/s, the same logits
+    return model, from_meta(tok_meta, bpe_file), meta
 
 
 def model_config(path: str, saved) -> GPTConfig:
@@ -123,21 +126,25 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[in
     budgets = [min(b, block - longest) for b in budgets]  # the rows share columns, so the longest prompt bounds all
     max_new_tokens = max(budgets)
     idx = torch.zeros(len(prompts), longest, dtype=torch.long, device=device)
-    mask = torch.zeros(len(prompts), longest, dtype=torch.bool, device=device)
+    # the key mask of every column, written once: False at left padding; None when no row is padded (the
+    # unmasked attention kernels, and no mask built every step)
+    mask = torch.ones(len(prompts), longest + max_new_tokens, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):  # left padding: every row's last prompt token is in the last column
         idx[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, longest - len(p):] = True
+        mask[i, :longest - len(p)] = False
+    padded = any(len(p) < longest for p in prompts)
     banned = banned_tokens(model, vocab_size)
     cache = model.new_cache(len(prompts), longest + max_new_tokens) if use_cache else None
-    out = torch.empty(len(prompts), 0, dtype=torch.long, device=device)
+    out = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long, device=device)  # written in place, no cat
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     last_step = torch.tensor(budgets, device=device) - 1
-    step_input = idx  # the prefill: prompt and pauses in one pass
+    step_input, n_out = idx, 0  # the prefill: prompt and pauses in one pass
     for step in range(max_new_tokens):
+        key_mask = mask[:, :longest + step] if padded else None
         if use_cache:
-            logits, _ = model(step_input, cache=cache, key_mask=mask)
+            logits, _ = model(step_input, cache=cache, key_mask=key_mask, last_only=True)
         else:
-            logits, _ = model(torch.cat([idx, out], 1), key_mask=mask)
+            logits, _ = model(torch.cat([idx, out[:, :step]], 1), key_mask=key_mask, last_only=True)
         logits = logits[:, -1, :].float().masked_fill(banned, float("-inf"))
         if temperature <= 0:
             nxt = logits.argmax(-1)
@@ -147,15 +154,14 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[in
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
-        out = torch.cat([out, nxt[:, None]], 1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        out[:, step], n_out = nxt, step + 1
         step_input = nxt[:, None]
         done |= last_step <= step  # this row's budget is spent
         if stop_id is not None:
             done |= nxt == stop_id
         if done.all():
             break
-    rows = [r[:b] for r, b in zip(out.tolist(), budgets)]
+    rows = [r[:b] for r, b in zip(out[:, :n_out].tolist(), budgets)]
     return [r[:r.index(stop_id)] if stop_id in r else r for r in rows]
 
 

@@ -61,12 +61,13 @@ BAD = [  # (script, config class, a bad value, what the error says)
     ("sample", "SampleConfig", "--temperature=inf", "--temperature must be a finite number >= 0, got inf"),
     ("sample", "SampleConfig", "--temperature=nan", "--temperature must be a finite number >= 0, got nan"),
     ("tasks", "DownloadTasksConfig", "--task=gsm8k,nope", "--task (each value) must be one of"),
-    ("bench", "BenchConfig", "--steps=0", "--steps must be"),
+    ("bench", "BenchConfig", "--rounds=0", "--rounds must be"),
     ("bench_data", "BenchConfig", "--mb=nan", "--mb must be a finite number > 0"),
     ("experiments.study", "StudyConfig", "--ft_lr=nan", "--ft_lr must be a finite number"),
     ("experiments.compute_study", "ComputeStudyConfig", "--seeds=0", "--seeds must be"),
     ("experiments.synth", "SynthConfig", "--n_train=0", "--n_train must be"),
-    ("experiments.separation", "ParityConfig", "--n=0", "--n must be"),
+    ("experiments.separation", "ParityConfig", "--ns=12,1", "--ns (each value) must be"),
+    ("experiments.separation", "ParityConfig", "--anneal_frac=nan", "--anneal_frac must be"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""model.py: masked loss, pause gradients, KV cache, left-padding masks (learned and rotary positions), init,
+"""model.py: masked loss (chunked = plain), last-position logits, pause gradients, KV cache, left-padding masks (learned and rotary positions), init,
 optimizer groups."""
 import math
 
@@ -25,15 +25,64 @@ def test_loss_is_mean_cross_entropy_over_kept_targets():
     model = tiny()
     idx, targets = tokens(3, 16), tokens(3, 16, seed=2)
     targets[0, :5] = targets[2, 7:] = -1
-    logits, loss = model(idx, targets)
+    logits, _ = model(idx)
+    logits_with_targets, loss = model(idx, targets)
+    assert logits_with_targets is None  # training never builds the full logits
     log_probs = logits - logits.exp().sum(-1, keepdim=True).log()
     kept = targets != -1
     expected = -log_probs[kept].gather(1, targets[kept][:, None]).mean()
     assert torch.allclose(loss, expected, atol=1e-6)
 
 
+def _grads(model: GPT, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("chunk", [7, 16, 1000])  # a ragged last chunk, whole rows, one chunk
+def test_chunked_loss_equals_plain_loss_in_value_and_gradients(chunk):
+    model = tiny(bias=True)
+    idx, targets = tokens(3, 16), tokens(3, 16, seed=2)
+    idx[:, [3, 4, 9]] = PAUSE
+    targets[:, [2, 3, 8]] = -1  # ignored pause targets
+    targets[1] = -1  # and a row with nothing to learn
+    logits, _ = model(idx)
+    plain = torch.nn.functional.cross_entropy(logits.view(-1, 64), targets.view(-1), ignore_index=-1)
+    expected = _grads(model, plain)
+    model.loss_chunk = chunk
+    _, loss = model(idx, targets)
+    assert torch.allclose(loss, plain, atol=1e-6)
+    for name, grad in _grads(model, loss).items():
+        assert torch.allclose(grad, expected[name], atol=1e-6), name
+    with torch.no_grad():
+        assert torch.allclose(model(idx, targets)[1], plain, atol=1e-6)
+
+
+def test_last_position_logits_equal_the_last_row_of_full_logits():
+    model, idx = tiny(), tokens(2, 12)
+    full, _ = model(idx)
+    last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, 64) and torch.allclose(last, full[:, -1:], atol=1e-6)
+    cache = model.new_cache(2, 32)
+    assert torch.allclose(model(idx, cache=cache, last_only=True)[0], full[:, -1:], atol=1e-5)
+
+
+def test_column_major_weights_give_the_same_logits_and_stay_tied():
+    model, idx = tiny(), tokens(2, 12)
+    full, _ = model(idx)
+    model.column_major_()
+    assert model.lm_head.weight.stride() == (1, 64) and model.transformer.h[0].mlp.c_fc.weight.stride() == (1, 128)
+    assert model.transformer.wte.weight is model.lm_head.weight
+    assert torch.allclose(model(idx)[0], full, atol=1e-6)
+    cache = model.new_cache(2, 32)
+    steps = [model(idx[:, :6], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(6, 12)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
 def _pause_row_grads(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tied <pause> row's gradient, split into (through the input embedding, through the output layer)."""
+    """The tied <pause> row's gradient, split into (through the input embedding, through the output layer);
+    the plain loss on the full logits (the chunked one has the same gradients, tested above)."""
     seen = {}
 
     def keep(module, inputs, output):
@@ -42,7 +91,8 @@ def _pause_row_grads(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> tu
 
     handle = model.lm_head.register_forward_hook(keep)
     model.zero_grad()
-    model(idx, targets)[1].backward()
+    logits, _ = model(idx)
+    torch.nn.functional.cross_entropy(logits.view(-1, 64), targets.view(-1), ignore_index=-1).backward()
     handle.remove()
     output_part = (seen["logits"].grad[..., PAUSE, None] * seen["h"]).sum((0, 1))
     return (model.lm_head.weight.grad[PAUSE] - output_part).detach(), output_part.detach()

@@ -1,5 +1,7 @@
 """Pause-inference: pauses appended and prefilled, outputs read after the last pause, <pause> never emitted
 (every test with learned and with rotary positions)."""
+import copy
+
 import pytest
 import torch
 
@@ -57,11 +59,20 @@ def test_kv_cache_equals_full_recomputation(model):
     assert len(set(map(tuple, cached))) > 1
 
 
+def test_weights_laid_out_for_decoding_give_the_same_tokens(model):
+    prompts = [with_pauses([1, 2, 3, 4, 5], 4, PAUSE), with_pauses([7, 8], 4, PAUSE)]
+    assert generate(copy.deepcopy(model).column_major_(), prompts, 20, VOCAB) == generate(model, prompts, 20, VOCAB)
+
+
 def test_each_row_stops_at_its_own_budget(model):
     prompts = [with_pauses([1, 2, 3, 4, 5], 4, PAUSE), with_pauses([7, 8], 4, PAUSE)]
     for budgets in ([3, 9], [9, 3]):
         rows = generate(model, prompts, budgets, VOCAB)
         assert rows == [greedy_by_hand(model, p, n) for p, n in zip(prompts, budgets)]
+
+
+def test_zero_new_tokens_gives_empty_rows(model):
+    assert generate(model, [[1, 2, 3], [4]], 0, VOCAB) == [[], []]
 
 
 def test_m_inf_zero_is_plain_decoding(model):
