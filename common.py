@@ -397,29 +397,6 @@ def teardown(rt: Runtime) -> None:
         dist.destroy_process_group()
 
 
-def all_mean(rt: Runtime, value: float | torch.Tensor) -> float | torch.Tensor:
-    """Mean of a scalar, or elementwise of a tensor, over DDP ranks (the value itself in a single process)."""
-    if not rt.ddp:
-        return value
-    if isinstance(value, torch.Tensor):
-        t = value.detach().clone()
-        dist.all_reduce(t)
-        return t / rt.world_size
-    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
-    dist.all_reduce(t)
-    return t.item() / rt.world_size
-
-
-def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int) -> float:
-    """Linear warmup, then cosine decay to min_lr at decay_steps, then min_lr."""
-    if step < warmup:
-        return lr * (step + 1) / (warmup + 1)
-    if step >= decay_steps:
-        return min_lr
-    ratio = (step - warmup) / max(1, decay_steps - warmup)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
-
-
 # ----------------------------------------------------------------------------- checkpoints
 # One format for every script: {"model": state_dict, "optimizer": state_dict | None, "meta": dict}
 # of tensors and plain Python values only, so torch.load(weights_only=True) reads it (no pickle).

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import flops
-from common import (DEVICES, DTYPES, UserError, all_mean, append_line, check_config, cosine_lr, ensure_writable_dir,
+from common import (DEVICES, DTYPES, Runtime, UserError, append_line, check_config, ensure_writable_dir,
                     load_checkpoint, lock_dir, nonfinite_tensors, opt, parse_config, remove_stale_temps, rng_state,
                     run_main, save_checkpoint, set_rng_state, setup_runtime, teardown)
 from model import GPT, GPTConfig
@@ -114,6 +115,29 @@ class MetricsLog:
 
     def size(self) -> int | None:
         return os.path.getsize(self.path) if self.path and os.path.exists(self.path) else None
+
+
+def all_mean(rt: Runtime, value: float | torch.Tensor) -> float | torch.Tensor:
+    """Mean of a scalar, or elementwise of a tensor, over DDP ranks (the value itself in a single process)."""
+    if not rt.ddp:
+        return value
+    if isinstance(value, torch.Tensor):
+        t = value.detach().clone()
+        dist.all_reduce(t)
+        return t / rt.world_size
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.item() / rt.world_size
+
+
+def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int) -> float:
+    """Linear warmup, then cosine decay to min_lr at decay_steps, then min_lr."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    if step >= decay_steps:
+        return min_lr
+    ratio = (step - warmup) / max(1, decay_steps - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
 def make_optimizer(model: GPT, cfg) -> torch.optim.Optimizer:

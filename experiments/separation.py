@@ -38,10 +38,11 @@ import torch.nn.functional as F
 
 import flops
 import plots
-from common import UserError, check_config, cosine_lr, opt, parse_config, run_main, write_json, write_text
+from common import UserError, check_config, opt, parse_config, run_main, write_json, write_text
 from experiments.compute_study import deeper
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
+from train import cosine_lr
 
 WORDS = ("parity", "0", "1", "even", "odd", "_")  # "_" left-pads a short question
 ARMS = ("NoPause", "Deep_NoPause", "Pause", "Pause_dense", "CoT")
