@@ -46,6 +46,8 @@ BASELINES = ("StdFT_flops", "StdFT_orderings", "StdFT_pair", "Wide_StdFT")
 ARMS = (PAUSE_ARM, "StdPT_StdFT") + BASELINES
 SPLITS = ("val", "test", "fresh_test")
 TASK = "lambada"
+STAGES = ("StdPT", "PausePT", "StdPT_wide", PAUSE_ARM, "StdFT_flops", "StdFT_half_a", "StdFT_half_b", "Wide_StdFT",
+          "StdPT_StdFT", "eval")
 
 
 @dataclass
@@ -54,6 +56,8 @@ class EqualComputeConfig:
     out_dir: str = opt("out/study", "the cpu study's folder (python -m experiments.study --preset=cpu --out_dir=...)")
     seeds: int = opt(5, "seeds 0..N-1")
     only_seed: int = opt(-1, "run this seed only (-1 = all); seeds can run as parallel processes")
+    stages: list[str] = opt(list(STAGES), "run only these stages, in order (see STAGES); a stage's pretraining "
+                                          "must be finished or come first")
     aggregate: bool = opt(False, "train nothing: collect the finished seeds, write equal_compute.md/.json and plots")
     plan: bool = opt(False, "train nothing: write the data and print each arm's FLOPs as planned (seed 0), from the "
                             "batches and the train prompts alone")
@@ -182,56 +186,84 @@ def ft_config(scfg: study.StudyConfig, name: str, init: str, train_file: str, se
         resume=os.path.exists(os.path.join(out, "ckpt.pt")), log_interval=50)
 
 
-def run_seed(cfg: EqualComputeConfig, seed: int) -> None:
-    """Train what this seed lacks (shared pretrainings and arms first), then evaluate every arm on every split."""
+def pause_ft_flops(scfg: study.StudyConfig, train_file: str, tok, conf: GPTConfig, seed: int) -> int:
+    """PausePT_PauseFT's finetuning FLOPs, from its batches alone: what its ledger will sum (no run needed)."""
+    ft = dataclasses.replace(ft_config(scfg, PAUSE_ARM, "", train_file, seed, 1), m_ft=str(M_FT))
+    data = finetune.FinetuneData(ft, tok, conf.block_size)
+    return sum(flops.train_flops(conf, *data.batch(s)[0].shape) for s in range(scfg.ft_iters))
+
+
+def run_seed(cfg: EqualComputeConfig, seed: int, stages: tuple[str, ...] = STAGES) -> None:
+    """Run `stages` of one seed in order (each trains one run, or evaluates every finished arm), the primary
+    test's first; a stage whose run is finished is skipped. Stages of one seed can run as parallel processes
+    once the pretraining they start from is finished."""
     scfg = study_config(cfg)
     files = data_files(cfg, scfg)
-    pre = study.cpu_pretrain(scfg, seed, files["data"], ["StdPT", "PausePT"])
-    shared = [v for v in study.variants(scfg) if v["name"] in (PAUSE_ARM, "StdPT_StdFT")]
-    study.run_seed(scfg, seed, pre, files, shared)  # trained (and evaluated on val and test) as in the study
-    meta = load_checkpoint(pre["StdPT"])["meta"]
-    from tokenizer import from_meta
-    tok, conf = from_meta(meta["tokenizer"]), GPTConfig(**meta["model"])
-    target = flops.run_totals(os.path.join(seed_dir(cfg, seed, PAUSE_ARM), "log.jsonl"))["train_flops"]
-    prompt_lens = [len(tok.encode(e.prefix)) for e in tasks.load_task(TASK, files["train"])]
-    wide = wider(conf, prompt_lens, M_FT)
-    wide_out = seed_dir(cfg, seed, "StdPT_wide")
-    if not study.finished(os.path.join(wide_out, "ckpt.pt"), study.CPU_PRETRAIN["max_iters"]):
-        train.main(train.TrainConfig(**{**study.CPU_PRETRAIN, "n_embd": wide.n_embd}, data_dir=files["data"],
-                                     out_dir=wide_out, seed=seed, pause_frac=0.0, device=cfg.device,
-                                     resume=os.path.exists(os.path.join(wide_out, "ckpt.pt"))))
-    runs = {"StdFT_flops": (pre["StdPT"], conf, target, None), "StdFT_half_a": (pre["StdPT"], conf, target / 2, None),
-            "StdFT_half_b": (pre["StdPT"], conf, target / 2, seed + 100),
-            "Wide_StdFT": (os.path.join(wide_out, "ckpt.pt"), wide, target, None)}
-    for name, (init, c, goal, batch_seed) in runs.items():
+    path = lambda name: os.path.join(seed_dir(cfg, seed, name), "ckpt.pt")
+    pre = {"StdPT": path("StdPT"), "PausePT": path("PausePT")}
+    shared = {v["name"]: v for v in study.variants(scfg) if v["name"] in (PAUSE_ARM, "StdPT_StdFT")}
+    from tokenizer import from_meta, padded_vocab
+    tok = from_meta(json.load(open(os.path.join(files["data"], "meta.json")))["tokenizer"])
+    p = study.CPU_PRETRAIN
+    conf = GPTConfig(block_size=p["block_size"], vocab_size=padded_vocab(tok.vocab_size), n_layer=p["n_layer"],
+                     n_head=p["n_head"], n_embd=p["n_embd"], pause_id=tok.pause_id)
+    wide = wider(conf, [len(tok.encode(e.prefix)) for e in tasks.load_task(TASK, files["train"])], M_FT)
+
+    def finetune_matched(name: str, init: str, c: GPTConfig, goal: float, batch_seed: int | None = None) -> None:
         probe = ft_config(scfg, name, init, files["train"], seed, 1, batch_seed)
         ft = ft_config(scfg, name, init, files["train"], seed, matched_steps(probe, tok, c, goal), batch_seed)
-        if not study.finished(os.path.join(ft.out_dir, "ckpt.pt"), ft.max_iters):
+        if not study.finished(ft.out_dir + "/ckpt.pt", ft.max_iters):
             finetune.main(ft)
-    for split in SPLITS:
-        evaluate_seed(cfg, seed, split, files[split])
+
+    for stage in stages:
+        if stage in ("StdPT", "PausePT"):
+            study.cpu_pretrain(scfg, seed, files["data"], [stage])
+        elif stage == "StdPT_wide" and not study.finished(path(stage), p["max_iters"]):
+            train.main(train.TrainConfig(**{**p, "n_embd": wide.n_embd}, data_dir=files["data"],
+                                         out_dir=seed_dir(cfg, seed, stage), seed=seed, pause_frac=0.0,
+                                         device=cfg.device, resume=os.path.exists(path(stage))))
+        elif stage in shared:  # trained (and evaluated on val and test) exactly as in the study
+            study.run_seed(scfg, seed, pre, files, [shared[stage]])
+        elif stage in ("StdFT_flops", "StdFT_half_a", "StdFT_half_b", "Wide_StdFT"):
+            goal = pause_ft_flops(scfg, files["train"], tok, conf, seed) / (2 if "half" in stage else 1)
+            init = path("StdPT_wide") if stage == "Wide_StdFT" else pre["StdPT"]
+            finetune_matched(stage, init, wide if stage == "Wide_StdFT" else conf, goal,
+                             seed + 100 if stage == "StdFT_half_b" else None)
+        elif stage == "eval":
+            for split in SPLITS:
+                evaluate_seed(cfg, seed, split, files[split], ARMS)
 
 
-def evaluate_seed(cfg: EqualComputeConfig, seed: int, split: str, task_file: str) -> None:
-    """Write seedK/ARM/equal_SPLIT.json for every arm: accuracy, inference FLOPs per example and training FLOPs."""
+def complete(ckpt: str) -> bool:
+    """The run of this checkpoint reached its own max_iters."""
+    if not os.path.exists(ckpt):
+        return False
+    meta = load_checkpoint(ckpt)["meta"]
+    return meta["step"] >= meta["config"]["max_iters"]
+
+
+def evaluate_seed(cfg: EqualComputeConfig, seed: int, split: str, task_file: str, arms: tuple[str, ...]) -> None:
+    """Write seedK/ARM/equal_SPLIT.json for each of `arms` (once): accuracy, inference FLOPs per example and
+    training FLOPs."""
     log = lambda name: os.path.join(seed_dir(cfg, seed, name), "log.jsonl")
     ckpt = lambda name: os.path.join(seed_dir(cfg, seed, name), "ckpt.pt")
-    pt = {a: log("PausePT" if a == PAUSE_ARM else "StdPT_wide" if a == "Wide_StdFT" else "StdPT") for a in ARMS}
-    cost = {a: arm_cost([pt[a]], [log(a)]) for a in (PAUSE_ARM, "StdPT_StdFT", "StdFT_flops", "Wide_StdFT")}
-    cost["StdFT_orderings"] = cost["StdFT_flops"]
-    cost["StdFT_pair"] = arm_cost([pt["StdFT_pair"]], [log("StdFT_half_a"), log("StdFT_half_b")])
-    for arm in ARMS:
+    pt = lambda arm: log("PausePT" if arm == PAUSE_ARM else "StdPT_wide" if arm == "Wide_StdFT" else "StdPT")
+    runs = {"StdFT_orderings": ["StdFT_flops"], "StdFT_pair": ["StdFT_half_a", "StdFT_half_b"]}
+    for arm in arms:
         path = os.path.join(seed_dir(cfg, seed, arm), f"equal_{split}.json")
-        if os.path.exists(path):
+        if os.path.exists(path) or not all(complete(ckpt(r)) for r in runs.get(arm, [arm])):
             continue
         m_inf = M_FT if arm == PAUSE_ARM else 0
         if arm == "StdFT_orderings":
+            cost = arm_cost([pt(arm)], [log("StdFT_flops")])
             res = vote_eval([(ckpt("StdFT_flops"), j) for j in range(orderings(cfg, seed))], task_file,
                             cfg.max_examples, cfg.device)
         elif arm == "StdFT_pair":
+            cost = arm_cost([pt(arm)], [log("StdFT_half_a"), log("StdFT_half_b")])
             res = vote_eval([(ckpt("StdFT_half_a"), 0), (ckpt("StdFT_half_b"), 0)], task_file, cfg.max_examples,
                             cfg.device)
         else:
+            cost = arm_cost([pt(arm)], [log(arm)])
             rt = setup_runtime(cfg.device, "auto")
             model, tok, meta = load_model(ckpt(arm), rt.device)
             examples = tasks.load_task(TASK, task_file)[: cfg.max_examples or None]
@@ -240,7 +272,7 @@ def evaluate_seed(cfg: EqualComputeConfig, seed: int, split: str, task_file: str
         os.makedirs(os.path.dirname(path), exist_ok=True)
         record = {"arm": arm, "seed": seed, "split": split, "m_inf": m_inf, "value": res["value"], "n": res["n"],
                   "stderr": res["stderr"], "infer_flops_per_example": res["infer_flops_per_example"],
-                  "votes": res.get("votes", 1), **cost[arm]}
+                  "votes": res.get("votes", 1), **cost}
         with open(path, "w") as f:
             json.dump(record, f, indent=1)
         print(f"seed {seed} {split} {arm}: {100 * record['value']:.1f} % at {record['infer_flops_per_example'] / 1e6:.2f} "
@@ -300,9 +332,10 @@ def main(cfg: EqualComputeConfig) -> None:
         raise UserError(f"--seeds must be >= 1, got {cfg.seeds}")
     for seed in [cfg.only_seed] if cfg.only_seed >= 0 else range(cfg.seeds):
         start = time.time()
-        run_seed(cfg, seed)
-        with open(os.path.join(seed_dir(cfg, seed), "equal_time.json"), "w") as f:  # this call's wall time
-            json.dump({"start": start, "end": time.time()}, f)
+        run_seed(cfg, seed, tuple(cfg.stages))
+        stamp = "_".join(cfg.stages) if tuple(cfg.stages) != STAGES else "all"
+        with open(os.path.join(seed_dir(cfg, seed), f"equal_time_{stamp}.json"), "w") as f:  # this call's wall time
+            json.dump({"stages": cfg.stages, "start": start, "end": time.time()}, f)
     print(f"equal compute: seed(s) done in {(time.time() - t0) / 60:.1f} min")
 
 
