@@ -150,15 +150,19 @@ def frontier_plot(pts: list[dict], queries: float, path: str) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.2))
     total = lambda p: p["train"] + queries * p["infer"]
     best = on_frontier(pts, total)
-    for p in pts:
-        colour = "tab:red" if "Pause" in p["arm"].split("_")[-1] else "tab:blue"
+    for i, p in enumerate(pts):
+        colour = "tab:red" if "PauseFT" in p["arm"] else "tab:blue"
         a.scatter(p["train"] / 1e12, p["infer"] / 1e6, s=30 + 300 * p["acc"], color=colour, alpha=0.6)
         a.annotate(f"{p['arm']} {100 * p['acc']:.1f}", (p["train"] / 1e12, p["infer"] / 1e6), fontsize=7,
-                   xytext=(4, 4), textcoords="offset points")
+                   xytext=(6, 4 - 11 * (i % 3)), textcoords="offset points")  # arms at one cost: labels apart
         b.scatter(total(p) / 1e12, 100 * p["acc"], color=colour, marker="o" if p["arm"] in best else "x")
         b.annotate(p["arm"], (total(p) / 1e12, 100 * p["acc"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
     line = sorted((p for p in pts if p["arm"] in best), key=total)
     b.plot([total(p) / 1e12 for p in line], [100 * p["acc"] for p in line], color="grey", lw=1)
+    xs = [p["train"] / 1e12 for p in pts]
+    a.set_xlim(0.9 * min(xs), 1.1 * max(xs))  # arms matched in training FLOPs sit within a few parts per million
+    a.set_ylim(0, 1.15 * max(p["infer"] / 1e6 for p in pts))
+    a.ticklabel_format(useOffset=False)
     a.set(xlabel="training FLOPs (pretraining + finetuning), TFLOPs", ylabel="inference MFLOPs per example",
           title="cost of each arm (marker area: test accuracy; red: pauses)")
     b.set(xlabel=f"total TFLOPs: training + {queries:.0e} answers", ylabel="test accuracy %",
@@ -176,11 +180,11 @@ def report(cfg) -> dict:
     rows = summarise(records)
     best = best_on_val(rows)
     primary = paired(records, "fresh_test", PAUSE_ARM, best)
-    pairs = [paired(records, s, PAUSE_ARM, b) for s in SPLITS for b in ("StdPT_StdFT",) + BASELINES]
+    pairs = [p for s in SPLITS for b in ("StdPT_StdFT",) + BASELINES if (p := paired(records, s, PAUSE_ARM, b))["n_seeds"]]
     times = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(cfg.out_dir, "seed*", "equal_time_*.json")))]
     wall = (max(t["end"] for t in times) - min(t["start"] for t in times)) if times else float("nan")
     lines = [f"# Equal compute: PausePT_PauseFT against no-pause arms within its FLOPs ({cfg.seeds} seeds)", "",
-             f"Wall time (first start to last end of the runs, seeds and stages as parallel processes): "
+             f"Wall time of the recorded runs (first start to last end; seeds and stages as parallel processes): "
              f"{wall / 60:.1f} min.", "",
              f"**Primary test** (fresh test split): PausePT_PauseFT minus {best} (the best no-pause arm on val): "
              f"{100 * primary['mean']:+.1f} points, stderr {100 * primary['stderr']:.1f}, mean/stderr "
