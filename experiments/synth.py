@@ -123,6 +123,64 @@ def write_task(out_dir: str, n: int | list[int] = 12, lo: int = 0, hi: int = 64,
             "held_out_questions": [task_text("gap", v)[0] for v in held_out]}
 
 
+# Test splits drawn before the fresh one, as (n range, lo, hi, seed): write_task's default test seed with the
+# variable-length task of the cpu preset and the fixed-length (n = 12) task; up to EARLIER_TEST_SIZE questions each.
+EARLIER_TESTS = (((8, 16), 0, 64, 1000), ((12, 12), 0, 64, 1000))
+EARLIER_TEST_SIZE = 2000
+FRESH_TEST_SEED = 5000  # never used by any earlier split or corpus
+FRESH_TEST = "fresh_test.jsonl"
+
+
+def problem_values(text: str, layout: str = "lambada") -> frozenset[int]:
+    """The set of question numbers of one solved problem or task row ("gap 3 17 8 9" -> {3, 17, 8})."""
+    if layout == "gsm8k":
+        words = text.split("\n")[0].removeprefix("Question: ").split()[1:]
+    else:
+        kind, *words = text.split()
+        words = words[: len(words) // 2] if kind == "sort" else words[:-1]
+    return frozenset(map(int, words))
+
+
+def split_values(path: str, layout: str = "lambada") -> list[frozenset[int]]:
+    """The number sets of a task file's questions (either layout)."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    return [problem_values(r["question"], "gsm8k") if "question" in r else problem_values(r["text"], layout)
+            for r in rows]
+
+
+def corpus_values(path: str, layout: str = "lambada", end_word: str = ".") -> set[frozenset[int]]:
+    """The number sets of every problem (of any kind) in a C4-format corpus written by write_corpus."""
+    with gzip.open(path, "rt") as f:
+        docs = [json.loads(line)["text"].removesuffix(f" {end_word}" if end_word else "") for line in f]
+    return {problem_values(p, layout) for d in docs for p in d.split("\n\n")}
+
+
+def write_fresh_test(task_dir: str, n_test: int, n: int | list[int], lo: int = 0, hi: int = 64,
+                     layout: str = "lambada", seed: int = FRESH_TEST_SEED) -> dict:
+    """Write task_dir/fresh_test.jsonl: n_test new questions from `seed`, none on the number set of a question
+    of train, val or test, of a problem of the corpus (train and validation) or of an earlier test split
+    (EARLIER_TESTS). The written file is read back and checked against all of them."""
+    sources = {s: split_values(os.path.join(task_dir, f"{s}.jsonl"), layout) for s in ("train", "val", "test")
+               if os.path.exists(os.path.join(task_dir, f"{s}.jsonl"))}
+    sources |= {c: corpus_values(os.path.join(task_dir, c), layout) for c in (TRAIN_CORPUS, VAL_CORPUS)}
+    for n_range, lo_, hi_, test_seed in EARLIER_TESTS:
+        sources[f"test n={n_range} seed={test_seed}"] = _draw(random.Random(test_seed), EARLIER_TEST_SIZE, n_range,
+                                                              lo_, hi_, set())
+    used = {frozenset(v) for vs in sources.values() for v in vs}
+    fresh = _draw(random.Random(seed), n_test, n_range_of(n), lo, hi, set(used))
+    path = os.path.join(task_dir, FRESH_TEST)
+    _write_jsonl(path, fresh, layout)
+    written = split_values(path, layout)
+    for name, vs in sources.items():
+        overlap = set(written) & {frozenset(v) for v in vs}
+        if overlap:
+            raise RuntimeError(f"the fresh test split shares {len(overlap)} question(s) with {name}")
+    if len(set(written)) != n_test:
+        raise RuntimeError("the fresh test split repeats a question")
+    return {"path": path, "n": n_test, "seed": seed, "checked_against": sorted(sources)}
+
+
 def task_words(lo: int, hi: int, layout: str = "lambada") -> set[str]:
     """Every word a task prompt or answer can contain: numbers lo..hi-1 and gaps 1..hi-lo-1."""
     layout_words = {"Question:", "Answer:", "####"} if layout == "gsm8k" else set()

@@ -15,10 +15,12 @@ CONFIGS = [("train", "TrainConfig"), ("finetune", "FinetuneConfig"), ("sample", 
            ("eval", "EvalConfig"), ("experiments.study", "StudyConfig"), ("bench", "BenchConfig"),
            ("experiments.synth", "SynthConfig"), ("experiments.compute_study", "ComputeStudyConfig"),
            ("experiments.separation", "ParityConfig"), ("experiments.curriculum", "CurriculumConfig"),
+           ("experiments.equal_compute", "EqualComputeConfig"),
            ("tasks", "DownloadTasksConfig"), ("data", "PrepareConfig"), ("data", "DownloadConfig"),
            ("data", "InjectConfig"), ("data", "ShowConfig"), ("plots", "MinfPlotConfig"), ("plots", "VariantsPlotConfig")]
 SCRIPTS = ["train.py", "finetune.py", "sample.py", "eval.py", "bench.py", "tasks.py download", "data.py prepare",
            "-m experiments.study", "-m experiments.synth", "-m experiments.compute_study", "-m experiments.curriculum",
+           "-m experiments.equal_compute",
            "plots.py minf"]
 
 

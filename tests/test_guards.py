@@ -68,6 +68,8 @@ BAD = [  # (script, config class, a bad value, what the error says)
     ("experiments.synth", "SynthConfig", "--n_train=0", "--n_train must be"),
     ("experiments.separation", "ParityConfig", "--ns=12,1", "--ns (each value) must be"),
     ("experiments.separation", "ParityConfig", "--anneal_frac=nan", "--anneal_frac must be"),
+    ("experiments.equal_compute", "EqualComputeConfig", "--queries=inf", "--queries must be a finite number"),
+    ("experiments.equal_compute", "EqualComputeConfig", "--stages=StdPT,nope", "--stages (each value) must be one of"),
 ]
 
 

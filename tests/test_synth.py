@@ -244,3 +244,50 @@ def test_corpus_documents_end_with_the_filler_word_so_it_is_in_the_vocabulary(ou
 def test_bad_n_range_is_a_user_error(tmp_path):
     with pytest.raises(UserError):
         write_task(str(tmp_path), [7, 3], 0, 30, n_train=10, n_test=10)
+
+
+def fresh_split(src, tmp_path, layout, monkeypatch, n_test=40):
+    """write_fresh_test on a copy of a task folder, with an earlier test split on the same range (seed 77)."""
+    import shutil
+    from experiments import synth
+    d = tmp_path / "task"
+    shutil.copytree(src, d)
+    monkeypatch.setattr(synth, "EARLIER_TESTS", (((N, N), LO, HI, 77),))
+    monkeypatch.setattr(synth, "EARLIER_TEST_SIZE", 50)
+    return synth.write_fresh_test(str(d), n_test, N, LO, HI, layout), d
+
+
+def numbers(row):
+    words = row["question"].split()[1:] if "question" in row else row["text"].split()[1:-1]
+    return frozenset(map(int, words))
+
+
+@pytest.mark.parametrize("layout", ["lambada", "gsm8k"])
+def test_fresh_test_split_is_disjoint_from_every_split_corpus_and_earlier_test(layout, out, out_lambada, tmp_path,
+                                                                              monkeypatch):
+    info, d = fresh_split(out_lambada if layout == "lambada" else out, tmp_path, layout, monkeypatch)
+    fresh = [numbers(r) for r in read_jsonl(d / "fresh_test.jsonl")]
+    assert len(set(fresh)) == 40 and all(len(v) == N and all(LO <= x < HI for x in v) for v in fresh)
+    held = {s: {numbers(r) for r in read_jsonl(d / f"{s}.jsonl")} for s in ("train", "val", "test")}
+    for name in (TRAIN_CORPUS, VAL_CORPUS):  # every problem of any kind, read here independently of synth.py
+        problems = [p for r in corpus_rows(d / name) for p in r["text"].split("\n\n")]
+        if layout == "gsm8k":
+            problems = [p.split("\n")[0].removeprefix("Question: ") + " answer" for p in problems]
+        held[name] = {frozenset(map(int, w[1:1 + len(w[1:]) // 2] if w[0] == "sort" else w[1:-1]))
+                      for w in (p.split() for p in problems)}
+    write_task(str(tmp_path / "earlier"), N, LO, HI, n_train=0, n_test=50, test_seed=77)
+    held["earlier test"] = {numbers(r) for r in read_jsonl(tmp_path / "earlier" / "test.jsonl")}
+    # on this narrow range the sources cover most number sets: a fresh split drawn blind would hit them
+    assert sum(map(len, held.values())) > 400
+    for name, sets in held.items():
+        assert not set(fresh) & sets, name
+    assert info["seed"] == 5000 and len(info["checked_against"]) == 6
+
+
+def test_fresh_test_split_checks_what_it_wrote(out_lambada, tmp_path, monkeypatch):
+    from experiments import synth
+    draw = synth._draw
+    monkeypatch.setattr(synth, "_draw", lambda rng, count, n_range, lo, hi, banned: draw(rng, count, n_range, lo, hi,
+                                                                                          set()))
+    with pytest.raises(RuntimeError, match="shares"):  # drawn without the exclusions: caught by the read-back
+        fresh_split(out_lambada, tmp_path, "lambada", monkeypatch)
