@@ -142,16 +142,15 @@ def on_frontier(pts: list[dict], cost) -> set[str]:
 
 
 def frontier_plot(pts: list[dict], queries: float, path: str) -> None:
-    """Left: each arm at (training FLOPs, inference FLOPs per example), labelled with its test accuracy. Right:
+    """Left: each arm at (training FLOPs, inference FLOPs per example), its test accuracy in the legend. Right:
     accuracy against total FLOPs (training + `queries` answers); the frontier's arms joined by a line."""
     fig, (a, b) = plots.plt.subplots(1, 2, figsize=(13, 5.2))
     total = lambda p: p["train"] + queries * p["infer"]
     best = on_frontier(pts, total)
     for i, p in enumerate(pts):
         colour, marker = plots.arm_color(p["arm"]), plots.MARKERS[i % len(plots.MARKERS)]
-        a.scatter(p["train"] / 1e12, p["infer"] / 1e6, s=30 + 300 * p["acc"], color=colour, marker=marker, alpha=0.6)
-        a.annotate(f"{p['arm']} {100 * p['acc']:.1f}", (p["train"] / 1e12, p["infer"] / 1e6), fontsize=7,
-                   xytext=(6, 4 - 11 * (i % 3)), textcoords="offset points")  # arms at one cost: labels apart
+        a.scatter(p["train"] / 1e12, p["infer"] / 1e6, s=30 + 300 * p["acc"], color=colour, marker=marker, alpha=0.6,
+                  label=f"{p['arm']}: {100 * p['acc']:.1f} %")  # a legend, not labels: several arms share one cost
         b.scatter(total(p) / 1e12, 100 * p["acc"], color=colour, marker=marker,
                   facecolors=colour if p["arm"] in best else "none")
         b.annotate(p["arm"], (total(p) / 1e12, 100 * p["acc"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
@@ -163,6 +162,7 @@ def frontier_plot(pts: list[dict], queries: float, path: str) -> None:
     a.ticklabel_format(useOffset=False)
     a.set(xlabel="training FLOPs (pretraining + finetuning), TFLOPs", ylabel="inference MFLOPs per example",
           title="cost of each arm (marker area: test accuracy)")
+    a.legend(fontsize=7, loc="lower right", markerscale=0.5)
     b.set(xlabel=f"total TFLOPs: training + {queries:.0e} answers", ylabel="test accuracy %",
           title="accuracy vs total compute (filled: on the frontier)")
     fig.suptitle("synthetic largest-gap, LAMBADA format: test split")
