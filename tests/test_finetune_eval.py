@@ -1,6 +1,5 @@
 """PauseFT batches and the M_inf evaluation: exact loss positions, pause placement, exact scoring."""
 import json
-import os
 
 import pytest
 import torch
@@ -8,7 +7,6 @@ import torch.nn.functional as F
 
 import eval as evaluation
 import finetune
-import tasks
 from common import UserError, parse_config, run_main, save_checkpoint
 from finetune import FinetuneConfig, collate, encode_example
 from model import GPT, GPTConfig

@@ -2,7 +2,6 @@
 import dataclasses
 import os
 
-import pytest
 import torch
 
 import train

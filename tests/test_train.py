@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from common import UserError, load_checkpoint, parse_config, run_main, save_checkpoint
+from common import UserError, load_checkpoint, parse_config, run_main
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
