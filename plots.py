@@ -277,7 +277,9 @@ def loss_curves(logs: dict[str, str], out_png: str, title: str = "", smooth: int
     ax.set(xlabel="step", ylabel="loss (log scale)" if logy else "loss", title=title or "loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return save_figure(fig, out_png, {"title": title, "colors": colors, "runs": runs})
+    # the data keeps each log's file name, not the folder of the machine that drew it
+    kept = {label: {**run, "path": os.path.basename(run["path"])} for label, run in runs.items()}
+    return save_figure(fig, out_png, {"title": title, "colors": colors, "runs": kept})
 
 
 def accuracy_vs_flops(rows: list[dict], records: list[dict], key: str, label: str, out_png: str, title: str) -> str:

@@ -130,9 +130,21 @@ def summary_md(summary: dict, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def inside(obj, root: str):
+    """obj with every path under `root` written relative to it: a record names no folder of the machine that made it."""
+    if isinstance(obj, dict):
+        return {k: inside(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [inside(v, root) for v in obj]
+    if isinstance(obj, str) and obj.startswith(root + os.sep):
+        return os.path.relpath(obj, root)
+    return obj
+
+
 def write_summary(out_dir: str, summary: dict, runs: list[dict]) -> dict:
-    """summary.json (out_dir relative or left out) and summary.md; the markdown is printed too."""
-    summary = {**summary, "config": relative_out_dir(summary["config"])}
+    """summary.json (out_dir relative or left out, paths inside it relative to it) and summary.md; the markdown
+    is printed too."""
+    summary = inside({**summary, "config": relative_out_dir(summary["config"])}, os.path.abspath(out_dir))
     write_json(os.path.join(out_dir, "summary.json"), summary)
     text = summary_md(summary, runs)
     write_text(os.path.join(out_dir, "summary.md"), text)
