@@ -57,7 +57,8 @@ def test_ddp_two_processes_match_one_with_grad_accum(data_dir, tmp_path):
     subprocess.run(train_cmd(data_dir, tmp_path / "one", *common), cwd=ROOT, env=ENV, check=True, capture_output=True)
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
            *train_cmd(data_dir, tmp_path / "two", *common)[2:]]
-    subprocess.run(ddp, cwd=ROOT, env=ENV, check=True, capture_output=True)
+    p = subprocess.run(ddp, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]  # a failure shows what the ranks said
     one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(6))
     for s in one:
