@@ -98,7 +98,8 @@ def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
     assert "PausePT_PauseFT" in (tmp_path / "summary.md").read_text()
     run_s = summary["elapsed_s"]
     assert summary["pass"] == "ran" and run_s > 0 and "out_dir" not in summary["config"]  # no temp path recorded
-    assert str(tmp_path) not in (tmp_path / "summary.json").read_text()
+    for record in ["summary.json", *(p.name for p in tmp_path.glob("*.json"))]:  # and every figure's data
+        assert str(tmp_path) not in (tmp_path / record).read_text(), record
     study.main(cfg)
     assert mtimes == {p: os.path.getmtime(p) for p in (tmp_path / "seed1" / "PausePT_PauseFT").iterdir()}
     again = json.load(open(tmp_path / "summary.json"))  # the rerun's seconds are its own, not the run's
