@@ -16,7 +16,10 @@ biases and softmax are left out), and attention is counted causally (about half 
 charges every query the whole context). Training batches are counted at their padded length T: right
 padding and pauses cost what real tokens cost, because the model computes them. A KV-cache decode step
 at position t costs 2N + 4 n_layer d t, so inference is the same causal sum; the padding of a batched
-decode is not charged to an example (it is the batch's waste, not the method's cost).
+decode is not charged to an example (it is the batch's waste, not the method's cost). One saving is not
+credited: the training loss (model.ChunkedCrossEntropy) skips the output layer of rows whose target is
+ignored (pauses, padding), so a run is charged 6 d V FLOPs it did not spend for every ignored target. The
+ledger stays the model's cost, the same for any implementation, and errs against pauses.
 """
 import json
 import os

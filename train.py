@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 import flops
 from common import (DEVICES, DTYPES, Runtime, UserError, append_line, check_config, ensure_writable_dir,
-                    load_checkpoint, lock_dir, nonfinite_tensors, opt, parse_config, remove_stale_temps, rng_state,
+                    load_checkpoint, lock_dir, nonfinite_tensors, opt, parse_config, rng_state,
                     run_main, save_checkpoint, set_rng_state, setup_runtime, teardown)
 from model import GPT, GPTConfig
 from tokenizer import padded_vocab
@@ -246,6 +247,15 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         if not all(math.isfinite(v) for v in metrics.values()):
             raise UserError(f"the final evaluation gave {metrics}: stopped without writing these weights; {kept()}")
         save(cfg.max_iters, rng_state())
+
+
+def remove_stale_temps(directory: str) -> None:
+    """Delete the temp files atomic_open left in `directory` when its process was killed; call it only while
+    holding the directory's lock (lock_dir), so that no live writer owns them."""
+    for name in os.listdir(directory):
+        if re.fullmatch(r".+\.[0-9a-f]{8}\.tmp", name):  # atomic_open's names: PATH.<8 hex digits>.tmp
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
 
 
 @contextlib.contextmanager
