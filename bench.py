@@ -3,19 +3,22 @@ ratio, achieved GFLOP/s beside a matmul of the model's shapes), decoding one row
 the time to the first answer token with M_inf = 0 and 10 pauses, and batched evaluation over an M_inf sweep.
 
     python bench.py                                    # 6 x 384 model, GPT-2 vocabulary, on this machine
-    python bench.py --compare_to=/tmp/old              # also: this model.py vs another checkout's, alternating
+    python bench.py --compare_to=/tmp/old              # also: this checkout's training vs another's, alternating
     python bench.py --preset=config/130m.toml --batch_size=16 --compile   # on a GPU
 """
-import importlib.util
+import dataclasses
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import flops
 from common import DEVICES, DTYPES, UserError, check_config, load_toml, opt, parse_config, run_main, setup_runtime
@@ -39,7 +42,10 @@ class BenchConfig:
     new_tokens: int = opt(96, "tokens decoded in the one-row decoding benchmark", ge=1)
     eval_examples: int = opt(32, "prompts (random lengths 16..prompt_len) per M_inf of the batched evaluation", ge=1)
     eval_batch: int = opt(8, "rows decoded together in the batched evaluation", ge=1)
-    compare_to: str = opt("", "a checkout whose model.py trains alternately with this one (StdPT, same batches)")
+    compare_to: str = opt("", "another checkout (e.g. a git worktree of an older commit): train StdPT in its processes "
+                              "and this one's, alternately, same seed (process-wide settings are part of its speed)")
+    compare_rounds: int = opt(3, "processes per checkout for --compare_to; each trains 20 steps, the first 2 untimed",
+                              ge=1)
     device: str = opt("auto", "where to run", choices=DEVICES)
     dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
     compile: bool = opt(False, "torch.compile the model for the training benchmark")
@@ -75,27 +81,62 @@ def model_config(tc: TrainConfig) -> GPTConfig:
                      n_embd=tc.n_embd, mlp_hidden=tc.mlp_hidden, pause_id=GPT2_PAUSE, pos=tc.pos)
 
 
-def load_other_model(checkout: str):
-    """The model.py module of another checkout, imported under its own name beside this one's."""
-    path = os.path.join(checkout, "model.py")
-    if not os.path.isfile(path):
-        raise UserError(f"--compare_to={checkout}: no model.py there")
-    spec = importlib.util.spec_from_file_location("other_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# One training process of a checkout (run in its folder, so its own model.py, common.py and settings): StdPT
+# steps on seeded random tokens, printing the step times and losses as JSON.
+STEP_PROCESS = """
+import json, sys, time, torch
+from common import setup_runtime
+from model import GPT, GPTConfig
+a = json.loads(sys.argv[1])
+rt = setup_runtime(a["device"], "float32", a["seed"])
+model = GPT(GPTConfig(**a["model"])).to(rt.device)
+opt = model.configure_optimizers(a["weight_decay"], a["lr"], (0.9, 0.95), rt.device.type)
+gen = torch.Generator().manual_seed(a["seed"])
+times, losses = [], []
+for step in range(a["steps"]):
+    xy = torch.randint(0, a["vocab"], (a["batch"], a["block"] + 1), generator=gen).to(rt.device)
+    t0 = time.perf_counter()
+    _, loss = model(xy[:, :-1], xy[:, 1:])
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    losses.append(loss.item())  # .item() waits for the device
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"times": times[2:], "losses": losses}))
+"""
+
+
+def compare_checkouts(cfg: BenchConfig, tc: TrainConfig, rt) -> dict[str, dict]:
+    """StdPT step times of this checkout and cfg.compare_to, each in processes of its own, alternating
+    (this, other, other, this, ...), and the losses of their 20 steps from the same seed."""
+    if not os.path.isfile(os.path.join(cfg.compare_to, "model.py")):
+        raise UserError(f"--compare_to={cfg.compare_to}: no model.py there")
+    args = json.dumps({"model": dataclasses.asdict(model_config(tc)), "device": str(rt.device), "seed": cfg.seed,
+                       "weight_decay": tc.weight_decay, "lr": tc.learning_rate, "vocab": VOCAB,
+                       "batch": tc.batch_size, "block": tc.block_size, "steps": 20})
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = {"this": {"times": [], "rounds": []}, "compared": {"times": [], "rounds": []}}
+    for r in tqdm(range(cfg.compare_rounds), desc="checkouts", leave=False):
+        for name in ("this", "compared")[::1 if r % 2 == 0 else -1]:
+            folder = here if name == "this" else cfg.compare_to
+            proc = subprocess.run([sys.executable, "-c", STEP_PROCESS, args], cwd=folder, capture_output=True,
+                                  text=True)
+            if proc.returncode:
+                raise UserError(f"the training process in {folder} failed: {proc.stderr.strip()[-300:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            out[name]["times"] += res["times"]
+            out[name]["rounds"].append(statistics.median(res["times"]))
+            out[name]["losses"] = res["losses"]
+    return out
 
 
 def bench_training(cfg: BenchConfig, tc: TrainConfig, rt, data_dir: str) -> dict[str, dict]:
     """Every variant's step time over cfg.rounds alternating rounds (each round one step of each, the order
     reversed every round, so load from other processes falls on all alike), and its losses."""
-    variants = {"StdPT": (GPT, 0.0), "PausePT": (GPT, 0.1)}
-    if cfg.compare_to:
-        variants["StdPT, compared"] = (load_other_model(cfg.compare_to).GPT, 0.0)
     runs = {}
-    for name, (gpt, frac) in variants.items():
+    for name, frac in (("StdPT", 0.0), ("PausePT", 0.1)):
         torch.manual_seed(cfg.seed)
-        model = gpt(model_config(tc)).to(rt.device)
+        model = GPT(model_config(tc)).to(rt.device)
         runs[name] = {"model": model, "opt": make_optimizer(model, tc), "losses": [], "times": [],
                       "step": torch.compile(model) if cfg.compile else model,
                       "data": PretrainData(data_dir, tc.block_size, tc.batch_size, frac, cfg.seed)}
@@ -202,9 +243,14 @@ def main(cfg: BenchConfig) -> None:
                 f"(per round {min(per_round):.3f}-{max(per_round):.3f})")
     print(f"train PausePT/StdPT step time: {ratio('PausePT', 'StdPT')}")
     if cfg.compare_to:
-        diff = max(abs(a - b) for a, b in zip(runs["StdPT"]["losses"], runs["StdPT, compared"]["losses"]))
-        print(f"train this/compared step time: {ratio('StdPT', 'StdPT, compared')}; losses of "
-              f"{len(runs['StdPT']['losses'])} steps differ by at most {diff:.1e}")
+        c = compare_checkouts(cfg, tc, rt)
+        this, other = (statistics.median(c[k]["times"]) for k in ("this", "compared"))
+        per_round = [a / b for a, b in zip(c["this"]["rounds"], c["compared"]["rounds"])]
+        diff = max(abs(a - b) for a, b in zip(c["this"]["losses"], c["compared"]["losses"]))
+        print(f"train StdPT, this checkout {spread(c['this']['times'])}, {cfg.compare_to} "
+              f"{spread(c['compared']['times'])}, {cfg.compare_rounds} processes each, alternating: this/compared "
+              f"{this / other:.3f} (per process pair {min(per_round):.3f}-{max(per_round):.3f}); the losses of "
+              f"{len(c['this']['losses'])} steps from one seed differ by at most {diff:.1e}")
     s = bench_decoding(cfg, tc, rt)
     med = {k: statistics.median(v) for k, v in s.items() if isinstance(v, list)}
     print(f"decode one row, {cfg.prompt_len}-token prompt + {s['n_new']}: {med['cache']:,.0f} tokens/s with the KV "
