@@ -81,8 +81,12 @@ def split_table(agg: list[dict], runs: list[dict], split: str, metric: str, m_in
     if not rows:
         return []
     lines = [f"### {split} split ({rows[0]['n']} questions)", "",
-             "| variant | M_ft | " + " | ".join(f"M_inf={m}" for m in m_infs) + " |", "|---|---|" + "---|" * len(m_infs)]
+             "| variant | M_ft | " + " | ".join(f"M_inf={m}" for m in m_infs) + " | train TFLOPs | inference "
+             "MFLOPs/example |", "|---|---|" + "---|" * (len(m_infs) + 2)]
     for v in runs:
+        at = next((a for a in rows if a["variant"] == v["name"] and a["m_inf"] == v["m_ft"]), {})
+        cost = [f"{at[k] / scale:.3f}" if k in at else "—" for k, scale in (("train_flops", 1e12),
+                                                                           ("infer_flops_per_example", 1e6))]
         cells = []
         for m in m_infs:
             r = next((a for a in rows if a["variant"] == v["name"] and a["m_inf"] == m), None)
@@ -90,7 +94,7 @@ def split_table(agg: list[dict], runs: list[dict], split: str, metric: str, m_in
             cell = "" if r is None else f"{100 * r['value']:.1f} ± {fmt_num(100 * spread)}"
             cells.append(f"**{cell}**" if m == v["m_ft"] else cell)
         ft = v.get("ft_m", v["m_ft"]) if "source" not in v else f"{v['source']}, {v['eval_filler']!r} at inference"
-        lines.append(f"| {v['name']} | {ft} | " + " | ".join(cells) + " |")
+        lines.append(f"| {v['name']} | {ft} | " + " | ".join(cells + cost) + " |")
     return lines + [""]
 
 
@@ -117,7 +121,8 @@ def summary_md(summary: dict, runs: list[dict]) -> str:
              f"Mean ± std over seeds (± stderr over the questions with one seed), in %; {time_line(summary)}.", ""]
     for s in splits:
         lines += split_table(agg, runs, s, metric, cfg["m_inf"])
-    lines += ["Bold: M_inf = M_ft, where each variant is compared.", ""]
+    lines += ["Bold: M_inf = M_ft, where each variant is compared. FLOPs (flops.py, mean over seeds): training is "
+              "pretraining + finetuning from the runs' ledgers; inference is per example at M_inf = M_ft.", ""]
     names = {v["name"] for v in runs if "matched" in v}
     matched = {r["variant"]: r["ft_iters"] for r in records if r["variant"] in names}
     if matched:

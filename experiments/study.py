@@ -254,8 +254,10 @@ def aggregate(records: list[dict]) -> list[dict]:
             err = sd / math.sqrt(len(vals))
         else:
             sd, err = 0.0, rs[0]["stderr"]
+        cost = {k: statistics.fmean(r[k] for r in rs) for k in ("train_flops", "ft_flops", "infer_flops_per_example")
+                if all(k in r for r in rs)}  # seeds differ a little (their batches' padding)
         out.append({**rs[0], "value": statistics.fmean(vals), "std": sd, "stderr": err, "n_seeds": len(vals),
-                    "values": vals, "seeds": [r["seed"] for r in rs]})
+                    "values": vals, "seeds": [r["seed"] for r in rs], **cost})
     return sorted(out, key=lambda r: (r["variant"], r.get("split", "test"), r["metric"], r["m_inf"]))
 
 

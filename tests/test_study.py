@@ -93,6 +93,12 @@ def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
               "acc_vs_train_flops.png", "acc_vs_infer_flops.png"):
         assert os.path.getsize(tmp_path / f) > 1000
     assert "PausePT_PauseFT" in (tmp_path / "summary.md").read_text()
+    # every table row gives both FLOPs beside the accuracies: the mean over seeds, at M_inf = M_ft
+    key = lambda r: (r["variant"], r["split"], r["m_inf"]) == ("StdPT_PauseFT", "test", 3)
+    agg, seeds = next(filter(key, summary["aggregated"])), list(filter(key, summary["records"]))
+    row = next(s for s in (tmp_path / "summary.md").read_text().splitlines() if s.startswith("| StdPT_PauseFT |"))
+    assert agg["train_flops"] == sum(r["train_flops"] for r in seeds) / 2
+    assert row.endswith(f"| {agg['train_flops'] / 1e12:.3f} | {agg['infer_flops_per_example'] / 1e6:.3f} |")
     # a second run reuses every finished run and result
     mtimes = {p: os.path.getmtime(p) for p in (tmp_path / "seed1" / "PausePT_PauseFT").iterdir()}
     assert "PausePT_PauseFT" in (tmp_path / "summary.md").read_text()
