@@ -136,9 +136,10 @@ def frontier_points(out_dir: str, rows: list[dict]) -> list[dict]:
     return pts
 
 
-def on_frontier(pts: list[dict], cost) -> set[str]:
-    """The arms no other arm beats in accuracy at no more cost(p)."""
-    return {p["arm"] for p in pts if not any(q["acc"] > p["acc"] and cost(q) <= cost(p) for q in pts)}
+def on_frontier(pts: list[dict], cost, tol: float = 0.01) -> set[str]:
+    """The arms no other arm beats in accuracy at no more than cost(p) (1 + tol): the same model answering in
+    fewer tokens is a hair cheaper, which is no reason to call a less accurate arm efficient."""
+    return {p["arm"] for p in pts if not any(q["acc"] > p["acc"] and cost(q) <= cost(p) * (1 + tol) for q in pts)}
 
 
 def frontier_plot(pts: list[dict], queries: float, path: str) -> None:

@@ -8,6 +8,7 @@ import torch
 import flops
 from common import save_checkpoint
 from experiments.equal_compute import arm_cost, matched_steps, reorder, vote, vote_eval, wider
+from experiments.equal_compute_report import on_frontier
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
 
@@ -102,3 +103,9 @@ def test_matched_steps_come_closest_to_the_target(tmp_path):
     one = flops.train_flops(CONF, 4, 5)  # every batch: 4 rows of 4 prompt tokens + answer + EOT, less one
     assert matched_steps(ft, tok, CONF, 10 * one) == 10
     assert matched_steps(ft, tok, CONF, 10.4 * one) == 10 and matched_steps(ft, tok, CONF, 10.6 * one) == 11
+
+
+def test_an_arm_a_hair_cheaper_but_less_accurate_is_not_on_the_frontier():
+    pts = [{"arm": "a", "acc": 0.54, "cost": 9.4028}, {"arm": "b", "acc": 0.46, "cost": 9.4027},  # shorter answers
+           {"arm": "c", "acc": 0.80, "cost": 11.3}, {"arm": "d", "acc": 0.30, "cost": 5.0}]
+    assert on_frontier(pts, lambda p: p["cost"]) == {"a", "c", "d"}
