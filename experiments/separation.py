@@ -27,6 +27,7 @@ count) and inference per test example.
 """
 import dataclasses
 import json
+import math
 import os
 import statistics
 import time
@@ -249,7 +250,7 @@ def summarize(cfg: ParityConfig, records: list[dict]) -> dict:
                              "wall_s": statistics.fmean(r["wall_s"] for r in rs)})
     seen = {n: statistics.fmean(seen_in_training(n, seed, cfg.iters, cfg.batch_size, cfg.n_test)
                                 for seed in {r["seed"] for r in records if r["n"] == n}) for n in {r["n"] for r in records}}
-    wall = max(r["start"] + r["wall_s"] for r in records) - min(r["start"] for r in records)
+    wall = busy_s(records)
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "shard", "shards", "aggregate")}
     summary = {"config": config, "rows": rows, "records": records, "heldout_seen_in_training": seen, "sweep_wall_s": wall,
                "run_s_total": sum(r["wall_s"] for r in records)}
@@ -269,12 +270,21 @@ def summarize(cfg: ParityConfig, records: list[dict]) -> dict:
                      f"{r['infer_flops'] / 1e6:.2f} | {r['wall_s']:.0f} |")
     lines += ["", "Held-out strings that also came up in training (fresh draws repeat at small n), mean over seeds: " +
               ", ".join(f"n = {n}: {100 * v:.1f} %" for n, v in sorted(seen.items())) + "."]
-    lines += ["", f"Sweep wall time {wall / 60:.1f} min (first start to last finish); runs summed "
+    lines += ["", f"Sweep wall time {wall / 60:.1f} min (while at least one run was going); runs summed "
                   f"{summary['run_s_total'] / 60:.1f} min."]
     write_text(os.path.join(cfg.out_dir, "summary.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(rows, os.path.join(cfg.out_dir, "accuracy_vs_n.png"))
     return summary
+
+
+def busy_s(records: list[dict]) -> float:
+    """Seconds while at least one run was going (the union of their intervals): phases run on different days
+    do not count the days between them."""
+    total, end = 0.0, -math.inf
+    for start, stop in sorted((r["start"], r["start"] + r["wall_s"]) for r in records):
+        total, end = total + max(0.0, stop - max(start, end)), max(end, stop)
+    return total
 
 
 def plot(rows: list[dict], out_png: str) -> None:

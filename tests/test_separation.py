@@ -156,3 +156,10 @@ def test_miniature_sweep_in_two_shards_then_aggregate(tmp_path):
     assert str(tmp_path) not in open(tmp_path / "summary.json").read()  # no machine paths in the record
     with pytest.raises(UserError):
         sep.parse_config(sep.ParityConfig, ["--arms=NoPause,Wide"])
+
+
+def test_sweep_wall_time_counts_only_while_runs_go():
+    day = 86_400.0
+    runs = [{"start": 0.0, "wall_s": 100.0}, {"start": 50.0, "wall_s": 100.0},  # two at once: 150 s
+            {"start": day, "wall_s": 30.0}]  # a later phase, a day on: its 30 s, not the day between
+    assert sep.busy_s(runs) == 180.0
