@@ -362,7 +362,8 @@ def keep_freed_memory() -> None:
     training step page-faults its logits and activations in again, zeroed (10-20 % of a step)."""
     with contextlib.suppress(OSError):
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0), libc.mallopt(-1, 2**31 - 1)  # M_MMAP_MAX = 0 (big blocks from the heap), no trimming
+        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: big blocks come from the heap, where freed ones are reused ...
+        libc.mallopt(-1, 2**31 - 1)  # ... M_TRIM_THRESHOLD: and the heap's top is not handed back
 
 
 def setup_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0) -> Runtime:
