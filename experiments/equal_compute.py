@@ -16,12 +16,15 @@ Every arm is evaluated on val, test and the fresh test split (synth.write_fresh_
 the others at 0. The primary test (docs/RESULTS.md): PausePT_PauseFT minus the best no-pause arm on val, paired
 over seeds on the fresh test split.
 
-    python -m experiments.equal_compute --out_dir=out/study --only_seed=0      # one seed (run seeds in parallel)
+    python -m experiments.equal_compute --out_dir=out/study --seeds=5 --jobs=2   # every stage of 5 seeds, 2 workers
+    python -m experiments.equal_compute --out_dir=out/study --only_seed=0        # or one seed per process
     python -m experiments.equal_compute --out_dir=out/study --seeds=5 --aggregate
 """
+import concurrent.futures as futures
 import dataclasses
 import fcntl
 import json
+import multiprocessing
 import os
 import random
 import time
@@ -36,7 +39,8 @@ import flops
 import metrics
 import tasks
 import train
-from common import DEVICES, check_config, load_checkpoint, opt, parse_config, run_main, setup_runtime, write_json
+from common import (DEVICES, UserError, check_config, load_checkpoint, opt, parse_config, run_main, setup_runtime,
+                    write_json)
 from experiments import study, synth
 from model import GPTConfig
 from sample import load_model
@@ -44,6 +48,12 @@ from sample import load_model
 PAUSE_ARM, M_FT = "PausePT_PauseFT", 12
 BASELINES = ("StdFT_flops", "StdFT_orderings", "StdFT_pair", "Wide_StdFT")
 ARMS = (PAUSE_ARM, "StdPT_StdFT") + BASELINES
+STARTS_FROM = {PAUSE_ARM: "PausePT", "StdFT_flops": "StdPT", "StdFT_half_a": "StdPT", "StdFT_half_b": "StdPT",
+               "StdPT_StdFT": "StdPT", "Wide_StdFT": "StdPT_wide"}
+# the order a pool starts ready stages in: pretrainings before finetunings, each kind longest first, so that the
+# work left at the end is short (evaluation) and no worker waits long for the other
+POOL_ORDER = ("StdPT_wide", "StdPT", "PausePT", "StdFT_flops", PAUSE_ARM, "Wide_StdFT", "StdFT_half_a",
+              "StdFT_half_b", "StdPT_StdFT", "eval")
 SPLITS = ("val", "test", "fresh_test")
 TASK = "lambada"
 STAGES = ("StdPT", "PausePT", "StdPT_wide", PAUSE_ARM, "StdFT_flops", "StdFT_half_a", "StdFT_half_b", "Wide_StdFT",
@@ -56,6 +66,9 @@ class EqualComputeConfig:
     out_dir: str = opt("out/study", "the cpu study's folder (python -m experiments.study --preset=cpu --out_dir=...)")
     seeds: int = opt(5, "seeds 0..N-1", ge=1)
     only_seed: int = opt(-1, "run this seed only (-1 = all); seeds can run as parallel processes", ge=-1)
+    jobs: int = opt(1, "worker processes running the stages of every seed, a stage once the runs it starts from "
+                       "are finished (pretrainings first, longest first); one per core, each on one thread, is "
+                       "fastest: more processes than cores lose time to switching", ge=1)
     stages: list[str] = opt(list(STAGES), "run only these stages, in order (see STAGES); a stage's pretraining "
                                           "must be finished or come first", choices=STAGES)
     aggregate: bool = opt(False, "train nothing: collect the finished seeds, write equal_compute.md/.json and plots")
@@ -236,6 +249,56 @@ def run_seed(cfg: EqualComputeConfig, seed: int, stages: tuple[str, ...] = STAGE
                 evaluate_seed(cfg, seed, split, files[split], ARMS)
 
 
+def pool_plan(stages: list[str], seeds: list[int]) -> list[tuple[tuple[int, str], list[tuple[int, str]]]]:
+    """Every (seed, stage) in the order a pool starts them (POOL_ORDER, then seed), each with the (seed, stage)s it
+    waits for: the pretraining it starts from if that is among `stages` (else it must be finished already), and
+    for eval every other stage of its seed."""
+    plan = []
+    for stage in sorted(stages, key=POOL_ORDER.index):
+        for seed in seeds:
+            before = [s for s in stages if s != "eval"] if stage == "eval" else \
+                [STARTS_FROM[stage]] if STARTS_FROM.get(stage) in stages else []
+            plan.append(((seed, stage), [(seed, s) for s in before]))
+    return plan
+
+
+def run_stage(cfg: EqualComputeConfig, seed: int, stage: str) -> float:
+    """One stage of one seed in a pool worker, its output to seedK/STAGE.out; returns its minutes."""
+    import contextlib
+    start = time.time()
+    os.makedirs(seed_dir(cfg, seed), exist_ok=True)
+    with open(os.path.join(seed_dir(cfg, seed), f"{stage}.out"), "w") as out, \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        run_seed(cfg, seed, (stage,))
+    return (time.time() - start) / 60
+
+
+def run_pool(cfg: EqualComputeConfig, seeds: list[int]) -> None:
+    """Every stage of `seeds` in cfg.jobs worker processes (one thread each when there are as many cores), a stage
+    started as soon as a worker is free and what it waits for is finished (pool_plan)."""
+    pending, running, done = pool_plan(cfg.stages, seeds), {}, set()
+    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+    bar = tqdm(total=len(pending), desc="equal compute stages", dynamic_ncols=True)
+    with futures.ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        while pending or running:
+            for task, before in [t for t in pending if all(b in done for b in t[1])][: cfg.jobs - len(running)]:
+                pending.remove((task, before))
+                running[pool.submit(run_stage, cfg, *task)] = task
+            if not running:
+                raise RuntimeError(f"no stage can start: {pending}")  # pool_plan's waits are acyclic
+            finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for f in finished:
+                seed, stage = task = running.pop(f)
+                if f.exception():  # the other running stages end first (their runs resume where they stop)
+                    raise UserError(f"seed {seed} stage {stage} failed ({f.exception()!r}); its output is in "
+                                    f"{os.path.join(seed_dir(cfg, seed), stage + '.out')}")
+                minutes = f.result()
+                done.add(task)
+                bar.update()
+                bar.write(f"seed {seed} {stage}: {minutes:.1f} min")
+
+
 def complete(ckpt: str) -> bool:
     """The run of this checkpoint reached its own max_iters."""
     if not os.path.exists(ckpt):
@@ -330,7 +393,14 @@ def main(cfg: EqualComputeConfig) -> None:
         from experiments.equal_compute_report import report
         report(cfg)
         return
-    for seed in [cfg.only_seed] if cfg.only_seed >= 0 else range(cfg.seeds):
+    seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
+    if cfg.jobs > 1:
+        start = time.time()
+        run_pool(cfg, seeds)
+        write_json(os.path.join(cfg.out_dir, "equal_time_pool.json"),  # this call's wall time
+                   {"stages": cfg.stages, "seeds": seeds, "jobs": cfg.jobs, "start": start, "end": time.time()})
+        seeds = []
+    for seed in seeds:
         start = time.time()
         run_seed(cfg, seed, tuple(cfg.stages))
         stamp = "_".join(cfg.stages) if tuple(cfg.stages) != STAGES else "all"

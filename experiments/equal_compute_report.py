@@ -181,10 +181,11 @@ def report(cfg) -> dict:
     best = best_on_val(rows)
     primary = paired(records, "fresh_test", PAUSE_ARM, best)
     pairs = [p for s in SPLITS for b in ("StdPT_StdFT",) + BASELINES if (p := paired(records, s, PAUSE_ARM, b))["n_seeds"]]
-    times = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(cfg.out_dir, "seed*", "equal_time_*.json")))]
+    times = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(cfg.out_dir, "seed*", "equal_time_*.json"))
+                                                + glob.glob(os.path.join(cfg.out_dir, "equal_time_*.json")))]  # pool
     wall = (max(t["end"] for t in times) - min(t["start"] for t in times)) if times else float("nan")
     lines = [f"# Equal compute: PausePT_PauseFT against no-pause arms within its FLOPs ({cfg.seeds} seeds)", "",
-             f"Wall time of the recorded runs (first start to last end; seeds and stages as parallel processes): "
+             f"Wall time of the recorded runs (first start to last end, over its processes or its pool): "
              f"{wall / 60:.1f} min.", "",
              f"**Primary test** (fresh test split): PausePT_PauseFT minus {best} (the best no-pause arm on val): "
              f"{100 * primary['mean']:+.1f} points, stderr {100 * primary['stderr']:.1f}, mean/stderr "

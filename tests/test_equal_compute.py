@@ -1,5 +1,5 @@
-"""equal_compute.py: the vote and its tie rule, the orderings, and the ledger FLOPs of an ensemble and of a wider
-model against hand computations."""
+"""equal_compute.py: the vote and its tie rule, the orderings, the ledger FLOPs of an ensemble and of a wider
+model against hand computations, and the order and waits of the worker pool."""
 import json
 import os
 
@@ -7,13 +7,33 @@ import torch
 
 import flops
 from common import save_checkpoint
-from experiments.equal_compute import arm_cost, matched_steps, reorder, vote, vote_eval, wider
+from experiments.equal_compute import STAGES, arm_cost, matched_steps, pool_plan, reorder, vote, vote_eval, wider
 from experiments.equal_compute_report import on_frontier
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
 
 # 2 layers, 8 wide, vocabulary 16: N = 2 (4·8² + 2·8·32) + 8·16 = 1664 matmul weights
 CONF = GPTConfig(block_size=16, vocab_size=16, n_layer=2, n_head=2, n_embd=8)
+
+
+def test_the_pool_starts_pretrainings_first_and_a_stage_only_after_what_it_starts_from():
+    plan = pool_plan(list(STAGES), [0, 1])
+    order = [task for task, _ in plan]
+    assert len(order) == len(set(order)) == 2 * len(STAGES)
+    assert [stage for _, stage in order[:6]] == ["StdPT_wide"] * 2 + ["StdPT"] * 2 + ["PausePT"] * 2
+    assert [stage for _, stage in order[-2:]] == ["eval", "eval"]
+    waits = dict(plan)
+    assert waits[(1, "StdFT_half_b")] == [(1, "StdPT")]
+    assert waits[(0, "PausePT_PauseFT")] == [(0, "PausePT")]
+    assert waits[(0, "Wide_StdFT")] == [(0, "StdPT_wide")]
+    assert waits[(0, "StdPT")] == []
+    assert waits[(1, "eval")] == [(1, s) for s in STAGES if s != "eval"]
+    for task, before in plan:  # everything waited for starts earlier: the pool never stalls
+        assert all(order.index(b) < order.index(task) for b in before)
+
+
+def test_a_pool_without_the_pretraining_waits_for_nothing_it_must_find_it_finished():
+    assert pool_plan(["StdFT_flops", "eval"], [3]) == [((3, "StdFT_flops"), []), ((3, "eval"), [(3, "StdFT_flops")])]
 
 
 def test_majority_wins_over_confidence():
