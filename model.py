@@ -93,21 +93,30 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int,
                 with_grad: bool) -> torch.Tensor:
         rows = (targets != -1).nonzero()[:, 0]  # ignored targets (pauses) cost no logits at all
-        hk, tk, n = h[rows], targets[rows], max(len(rows), 1)
+        dev = h.device.type  # the matmuls run in autocast's dtype, cast here: autocast skips the in-place addmm_
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
+        hk, tk, n, wc = h[rows].to(cdt), targets[rows], max(len(rows), 1), w.to(cdt)
         loss = torch.zeros((), device=h.device)
         grad_h = torch.zeros_like(h) if with_grad else None
         grad_w = None
-        for s in range(0, len(rows), chunk):
-            hc, t = hk[s:s + chunk], tk[s:s + chunk]
-            logp = torch.log_softmax((hc @ w.t()).float(), -1)  # one fused pass over the chunk's logits
-            loss -= logp.gather(1, t[:, None]).sum()
-            if with_grad:  # d loss / d logits = (softmax - one_hot(target)) / n
-                probs = logp.exp_()
-                probs[torch.arange(len(t), device=t.device), t] -= 1.0
-                grad_h[rows[s:s + chunk]] = (probs.to(w.dtype) @ w).div_(n).to(h.dtype)
-                g = probs.t().to(h.dtype)
-                # the first chunk writes the vocab x d gradient, the others add in place: no zero-filled temporary
-                grad_w = (g @ hc).div_(n) if grad_w is None else grad_w.addmm_(g, hc, alpha=1 / n)
+        with torch.autocast(dev, enabled=False):
+            for s in range(0, len(rows), chunk):
+                hc, t = hk[s:s + chunk], tk[s:s + chunk]
+                logp = torch.log_softmax((hc @ wc.t()).float(), -1)  # one fused pass over the chunk's logits
+                loss -= logp.gather(1, t[:, None]).sum()
+                if with_grad:  # d loss / d logits = (softmax - one_hot(target)) / n
+                    probs = logp.exp_()
+                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                    grad_h[rows[s:s + chunk]] = (probs.to(cdt) @ wc).div_(n).to(h.dtype)
+                    g = probs.t().to(cdt)
+                    # the first chunk writes the vocab x d gradient, the others add in place: no zero-filled
+                    # temporary; the sum is kept in w's dtype (float32) when the products are in bfloat16
+                    if grad_w is None:
+                        grad_w = (g @ hc).to(w.dtype).div_(n)
+                    elif cdt == w.dtype:
+                        grad_w.addmm_(g, hc, alpha=1 / n)
+                    else:
+                        grad_w.add_(g @ hc, alpha=1 / n)
         if with_grad and grad_w is None:  # every target ignored
             grad_w = torch.zeros_like(w)
         ctx.save_for_backward(grad_h, grad_w)
