@@ -21,6 +21,7 @@ over seeds on the fresh test split.
     python -m experiments.equal_compute --out_dir=out/study --seeds=5 --aggregate
 """
 import concurrent.futures as futures
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -264,7 +265,6 @@ def pool_plan(stages: list[str], seeds: list[int]) -> list[tuple[tuple[int, str]
 
 def run_stage(cfg: EqualComputeConfig, seed: int, stage: str) -> float:
     """One stage of one seed in a pool worker, its output to seedK/STAGE.out; returns its minutes."""
-    import contextlib
     start = time.time()
     os.makedirs(seed_dir(cfg, seed), exist_ok=True)
     with open(os.path.join(seed_dir(cfg, seed), f"{stage}.out"), "w") as out, \
