@@ -21,12 +21,14 @@ import torch
 from tqdm import tqdm
 
 import flops
-from common import DEVICES, DTYPES, UserError, check_config, load_toml, opt, parse_config, run_main, setup_runtime
+from config import DEVICES, DTYPES, UserError, check_config, load_toml, opt, parse_config, run_main
+from runtime import setup_runtime
 from data import PretrainData
 from model import GPT, GPTConfig
-from sample import generate, with_pauses
+from pause import with_pauses
+from sample import generate
 from tokenizer import GPT2_EOT, GPT2_PAUSE, padded_vocab
-from train import TrainConfig, make_optimizer
+from train import TrainConfig
 
 VOCAB = GPT2_PAUSE + 1  # GPT-2's tokens and <pause>
 
@@ -81,11 +83,11 @@ def model_config(tc: TrainConfig) -> GPTConfig:
                      n_embd=tc.n_embd, mlp_hidden=tc.mlp_hidden, pause_id=GPT2_PAUSE, pos=tc.pos)
 
 
-# One training process of a checkout (run in its folder, so its own model.py, common.py and settings): StdPT
+# One training process of a checkout (run in its folder, so its own model.py, runtime.py and settings): StdPT
 # steps on seeded random tokens, printing the step times and losses as JSON.
 STEP_PROCESS = """
 import json, sys, time, torch
-from common import setup_runtime
+from runtime import setup_runtime
 from model import GPT, GPTConfig
 a = json.loads(sys.argv[1])
 rt = setup_runtime(a["device"], "float32", a["seed"])
@@ -137,7 +139,7 @@ def bench_training(cfg: BenchConfig, tc: TrainConfig, rt, data_dir: str) -> dict
     for name, frac in (("StdPT", 0.0), ("PausePT", 0.1)):
         torch.manual_seed(cfg.seed)
         model = GPT(model_config(tc)).to(rt.device)
-        runs[name] = {"model": model, "opt": make_optimizer(model, tc), "losses": [], "times": [],
+        runs[name] = {"model": model, "opt": model.configure_optimizers(tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2), rt.device.type), "losses": [], "times": [],
                       "step": torch.compile(model) if cfg.compile else model,
                       "data": PretrainData(data_dir, tc.block_size, tc.batch_size, frac, cfg.seed)}
     for step in range(cfg.warmup + cfg.rounds):
@@ -190,7 +192,7 @@ def bench_decoding(cfg: BenchConfig, tc: TrainConfig, rt) -> dict:
     torch.manual_seed(cfg.seed)
     model = GPT(model_config(tc)).to(rt.device).eval()
     if rt.device.type == "cpu":
-        model.column_major_()  # as sample.load_model does
+        model.column_major_()  # as checkpoint.load_model does
     rng = np.random.default_rng(cfg.seed)
     prompt = rng.integers(0, GPT2_EOT, cfg.prompt_len).tolist()
     n_new = min(cfg.new_tokens, tc.block_size - cfg.prompt_len)

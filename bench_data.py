@@ -18,7 +18,7 @@ import time
 from pydoc_data.topics import topics
 
 import data
-from common import check_config, opt, parse_config, run_main
+from config import check_config, opt, parse_config, run_main
 
 
 @dataclasses.dataclass

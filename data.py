@@ -6,62 +6,27 @@
     python data.py show --data_dir=data/c4 --pause_frac=0.1
     python data.py inject --data_dir=data/c4 --out_dir=data/c4_pause --pause_frac=0.1
 
-Pause-pretraining happens in `inject_pauses` (insert pauses, trim) and in `PretrainData.batch`
-(the one line that masks targets that are pauses); everything else is ordinary nanoGPT-style data.
+Pause-pretraining is two calls of pause.py in PretrainData: `inject_pauses` (insert pauses, trim) and
+`ignore_pause_targets` (no loss where the target is a pause); everything else is ordinary nanoGPT-style data.
 """
 import dataclasses
 import hashlib
 import os
 import sys
-import urllib.error
-import urllib.request
-from http.client import HTTPException
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import tokenizer as tokmod
-from common import (UserError, atomic_open, check_config, config_help, ensure_writable_dir, file_sha256, opt,
-                    parse_config, run_main, write_json)
-# the prepare step lives in prepare.py; data.prepare and data.PrepareConfig remain its public names
+from config import UserError, check_config, opt, run_commands, run_main
+from pause import ignore_pause_targets, inject_pauses
+# the prepare step lives in prepare.py; data.prepare and data.PrepareConfig are its names here too
 from prepare import PrepareConfig, VerifyConfig, check_shards, load_meta, prepare, verify
+from runtime import atomic_open, download_file, ensure_writable_dir, write_json
 
 
 # -------------------- download
-def download_file(url: str, dest: str, sha256: str | None = None, desc: str | None = None) -> str:
-    """Download url to dest, resuming a partial dest.part; check sha256 if given. Skips a good existing dest."""
-    if os.path.exists(dest) and (sha256 is None or file_sha256(dest) == sha256):
-        return dest
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    part = dest + ".part"
-    have = os.path.getsize(part) if os.path.exists(part) else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as r:
-            if r.status != 206:  # the server ignored the Range header: start over
-                have = 0
-            total = None if r.length is None else have + r.length
-            with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                                               desc=desc or os.path.basename(dest)) as bar:
-                while chunk := r.read(1 << 20):
-                    bar.update(f.write(chunk))
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # .part is already whole (or longer than the file): fetch it again
-            os.remove(part)
-            return download_file(url, dest, sha256, desc)
-        raise UserError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-    except (OSError, HTTPException) as e:  # URLError, timeouts and disk errors are OSErrors
-        raise UserError(f"download of {url} failed ({e}); run the command again to resume") from None
-    if total is not None and os.path.getsize(part) != total:
-        raise UserError(f"download of {url} stopped at {os.path.getsize(part)} of {total} bytes; run again to resume")
-    if sha256 is not None and (digest := file_sha256(part)) != sha256:
-        os.remove(part)
-        raise UserError(f"download of {url} has sha256 {digest[:12]}…, expected {sha256[:12]}…; deleted it")
-    os.replace(part, dest)
-    return dest
-
-
 C4_URL = "https://huggingface.co/datasets/allenai/c4/resolve/main/en"
 
 
@@ -87,22 +52,6 @@ def download(cfg: DownloadConfig) -> None:
         download_file(f"{cfg.base_url.rstrip('/')}/{name}", os.path.join(cfg.out_dir, name))
     print(f"{len(names)} C4 shard(s) in {cfg.out_dir}; next: python data.py prepare "
           f"--input='{cfg.out_dir}/c4-train.*' --val_input='{cfg.out_dir}/c4-validation.*'")
-
-
-# -------------------- pause injection (Goyal et al., section 1: PausePT)
-def inject_pauses(tokens: np.ndarray, n_pause: int, pause_id: int, rng: np.random.Generator) -> np.ndarray:
-    """Insert n_pause pauses at uniformly random positions of each row (shape (L,) or (B, L)), trim to L."""
-    if n_pause <= 0:
-        return tokens.copy()
-    rows = np.atleast_2d(tokens)
-    B, L = rows.shape
-    # the pause slots are a uniform random n_pause-subset of the L + n_pause slots: the smallest random keys
-    slots = np.argpartition(rng.random((B, L + n_pause)), n_pause - 1, axis=1)[:, :n_pause]
-    is_pause = np.zeros((B, L + n_pause), dtype=bool)
-    np.put_along_axis(is_pause, slots, True, axis=1)
-    out = np.full((B, L + n_pause), pause_id, dtype=tokens.dtype)
-    out[~is_pause] = rows.reshape(-1)  # row-major: each row's L free slots get its tokens, in order
-    return out[:, :L].reshape(tokens.shape)
 
 
 # -------------------- the pretraining loader
@@ -150,8 +99,7 @@ class PretrainData:
     def _xy(self, w: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(w[:, :-1].astype(np.int64))
         y = torch.from_numpy(w[:, 1:].astype(np.int64))
-        y[y == self.pause_id] = -1  # no loss on targets that are pauses (S_ignore); a pause INPUT keeps its target
-        return x, y
+        return x, ignore_pause_targets(y, self.pause_id)
 
 
 # -------------------- inject and show
@@ -222,17 +170,7 @@ COMMANDS = {"prepare": (PrepareConfig, prepare), "verify": (VerifyConfig, verify
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] in (["-h"], ["--help"]):
-        print(f"usage: python data.py {{{','.join(COMMANDS)}}} [--key=value ...]\n\ncommands:")
-        print("\n".join(f"  {name:9} {cls.__doc__.strip()}" for name, (cls, _) in COMMANDS.items()))
-        for name, (cls, _) in COMMANDS.items():
-            print("\n" + config_help(cls, f"data.py {name}"))
-        return
-    if not argv or argv[0] not in COMMANDS:
-        raise UserError(f"unknown command {argv[0] if argv else ''!r}; choose one of {', '.join(COMMANDS)} "
-                        "(see python data.py --help)")
-    cls, command = COMMANDS[argv[0]]
-    command(parse_config(cls, argv[1:], prog=f"data.py {argv[0]}"))
+    run_commands("data.py", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ from tqdm import tqdm
 import flops
 import metrics
 import tasks
-from common import (DEVICES, DTYPES, UserError, check_config, ensure_writable_file, opt, parse_config, run_main,
-                    setup_runtime, write_json)
-from finetune import pretrain_pause_frac
-from sample import banned_tokens, generate, load_model, prompt_in_block
-from tokenizer import pause_id_for
+from checkpoint import load_model, pretrain_pause_frac
+from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
+from pause import banned_tokens, prompt_in_block
+from runtime import ensure_writable_file, setup_runtime, write_json
+from sample import generate
+from tokenizer import inserted_token
 
 
 @dataclass
@@ -134,7 +135,7 @@ def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], vocab_size: i
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]) - len(seqs[i][1]))
     out = [0.0] * len(seqs)
     device = model.lm_head.weight.device
-    banned = banned_tokens(model, vocab_size)
+    banned = banned_tokens(model.config.vocab_size, vocab_size, model.config.pause_id, device)
     for s in range(0, len(order), batch_size):
         chunk = order[s: s + batch_size]
         full = [seqs[i][0] + seqs[i][1] for i in chunk]
@@ -159,7 +160,7 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
     """One result per (M_inf, metric): value, standard error, how many prompts were truncated, and for the
     first metric the per-example records (see the module doc)."""
     spec = tasks.get_spec(task)
-    pause = pause_id_for(tok, cfg.filler or meta.get("filler", ""))
+    pause = inserted_token(tok, cfg.filler or meta.get("filler", ""))
     prepend = cfg.prepend or meta.get("prepend", False)
     block = model.config.block_size
     budget = cfg.max_new_tokens or spec.max_new_tokens
@@ -169,17 +170,17 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
     prefixes = [tok.encode(e.prefix) for e in examples]  # encoded once, before any model work
     choices = [[tok.encode(c) for c in e.choices] for e in examples]
 
-    def fit(k: int, m: int, answer: int) -> tuple[list[int], bool]:
+    def in_block(k: int, m: int, answer: int) -> tuple[list[int], bool]:
         try:
             return prompt_in_block(prefixes[k], m, pause, prepend, answer, block)
-        except UserError as err:
+        except ValueError as err:
             raise UserError(f"{task} example {k}, m_inf={m}: {err}") from None
 
     # every prompt is built, and an impossible one refused, before any model work
     if spec.kind == "decode":
-        plans = {m: [fit(k, m, reserve) for k in range(len(examples))] for m in m_infs}
+        plans = {m: [in_block(k, m, reserve) for k in range(len(examples))] for m in m_infs}
     else:
-        plans = {m: [[fit(k, m, len(c) - 1) for c in cs] for k, cs in enumerate(choices)] for m in m_infs}
+        plans = {m: [[in_block(k, m, len(c) - 1) for c in cs] for k, cs in enumerate(choices)] for m in m_infs}
     results = []
     total = len(m_infs) * sum(len(c) or 1 for c in choices)
     with tqdm(total=total, desc=f"eval {task}", dynamic_ncols=True) as bar:

@@ -1,5 +1,5 @@
-"""Finetuning on a downstream task, standard (m_ft=0, StdFT) or with pauses (m_ft>0, PauseFT):
-input [prefix, <pause> x m_ft, target, EOT], loss on the target tokens and the closing EOT only.
+"""Finetuning on a downstream task, standard (m_ft=0, StdFT) or with pauses (m_ft>0, PauseFT): the
+layout is pause.assemble's, [prefix, <pause> x m_ft, target, EOT], loss on the target and EOT only.
 
     python finetune.py --init_from=out/pause/ckpt.pt --task=gsm8k --task_file=data/gsm8k/train.jsonl --m_ft=10
 
@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 import tasks
-from common import UserError, check_config, load_checkpoint, opt, parse_config, run_main, setup_runtime, teardown
-from model import GPTConfig
-from sample import load_model, prompt_in_block
-from tokenizer import pause_id_for
-from train import MAX_LR, LoopConfig, fit, own_out_dir, start
+from checkpoint import load_checkpoint, model_config, open_run, own_out_dir, pretrain_pause_frac, read_meta
+from config import UserError, check_config, opt, parse_config, run_main
+from pause import IGNORE, assemble
+from runtime import setup_runtime, teardown
+from tokenizer import from_meta, inserted_token
+from train import MAX_LR, LoopConfig, fit
 
 
 @dataclass
@@ -60,26 +61,15 @@ def parse_m_ft(m_ft) -> tuple[int, int]:
 
 
 def encode_example(tok, prefix: str, target: str, m: int, pause_id: int, prepend: bool, block_size: int):
-    """[prefix, pauses, target, EOT] as (x, y) with y = -1 everywhere but the target and EOT positions."""
+    """pause.assemble on text: [prefix, pauses, target, EOT] as (x, y), loss on the target and EOT only."""
     return assemble(tok.encode(prefix), tok.encode(target) + [tok.eot_id], m, pause_id, prepend, block_size)
-
-
-def assemble(prefix_ids: list[int], target_ids: list[int], m: int, pause_id: int, prepend: bool, block_size: int):
-    """encode_example on token ids (target_ids end with EOT). A prefix too long for the block loses its
-    beginning (the end of a context matters most), by the rule evaluation uses too (sample.prompt_in_block)."""
-    seq, _ = prompt_in_block(prefix_ids, m, pause_id, prepend, len(target_ids) - 1, block_size)  # EOT: no input
-    n_context = len(seq)
-    seq = seq + target_ids
-    x, y = np.array(seq[:-1], dtype=np.int64), np.array(seq[1:], dtype=np.int64)
-    y[: n_context - 1] = -1  # predictions of the prefix and the pauses are not trained
-    return x, y
 
 
 def collate(pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad a list of (x, y) to a batch; padded targets are -1 (ignored by the loss)."""
     T = max(len(x) for x, _ in pairs)
     X = np.zeros((len(pairs), T), dtype=np.int64)
-    Y = np.full((len(pairs), T), -1, dtype=np.int64)
+    Y = np.full((len(pairs), T), IGNORE, dtype=np.int64)
     for i, (x, y) in enumerate(pairs):
         X[i, : len(x)], Y[i, : len(y)] = x, y
     return torch.from_numpy(X), torch.from_numpy(Y)
@@ -92,11 +82,14 @@ class FinetuneData:
     def __init__(self, cfg: FinetuneConfig, tok, block_size: int):
         path = cfg.task_file or tasks.default_path(cfg.task, "train")
         examples = tasks.load_task(cfg.task, path)[: cfg.max_examples or None]
-        self.pause, self.prepend, self.block_size = pause_id_for(tok, cfg.filler), cfg.prepend, block_size
+        self.pause, self.prepend, self.block_size = inserted_token(tok, cfg.filler), cfg.prepend, block_size
         self.m_lo, self.m_hi = parse_m_ft(cfg.m_ft)
         self.ids = [(tok.encode(e.prefix), tok.encode(e.target) + [tok.eot_id]) for e in examples]
         # fixed M_ft: encoded once; a range: the longest is encoded once to check that it fits the block
-        self.pairs = [assemble(p, t, self.m_hi, self.pause, self.prepend, block_size) for p, t in self.ids]
+        try:
+            self.pairs = [assemble(p, t, self.m_hi, self.pause, self.prepend, block_size) for p, t in self.ids]
+        except ValueError as e:
+            raise UserError(f"{path}: {e}") from None
         n_val = int(len(self.pairs) * cfg.val_frac)
         if len(self.pairs) - n_val < 1:
             raise UserError(f"{path}: no examples to finetune on")
@@ -134,36 +127,27 @@ def finetune_eval(model, data: FinetuneData, cfg: FinetuneConfig, rt) -> dict:
 
 
 def main(cfg: FinetuneConfig, make_data=None) -> None:
-    """Finetune; `make_data(cfg, tok, block_size)` builds the batches (default FinetuneData; experiments plug in
-    their own, e.g. experiments/curriculum.py)."""
+    """Finetune `init_from`; `make_data(cfg, tok, block_size)` builds the batches (default FinetuneData;
+    experiments plug in their own, e.g. experiments/curriculum.py)."""
     check_config(cfg)
     m_lo, m_hi = parse_m_ft(cfg.m_ft)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
         with own_out_dir(cfg, rt):  # before the model and the task are loaded
-            finetune(cfg, rt, make_data or FinetuneData, m_lo, m_hi)
+            pre = read_meta(cfg.init_from)
+            tok = from_meta(pre["tokenizer"], cfg.bpe_file or None)
+            gpt_config = dataclasses.replace(model_config(cfg.init_from, pre["model"]), dropout=cfg.dropout)
+            data = (make_data or FinetuneData)(cfg, tok, gpt_config.block_size)
+            model, optimizer, step, log = open_run(cfg, rt, gpt_config)
+            if not cfg.resume:  # start from the pretrained weights (the optimizer starts afresh)
+                model.load_state_dict(load_checkpoint(cfg.init_from, rt.device)["model"])
+            meta = {"kind": "finetune", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
+                    "tokenizer": pre["tokenizer"], "task": cfg.task, "filler": cfg.filler,
+                    "m_ft": m_hi, "m_ft_range": [m_lo, m_hi],  # a range's default M_inf is its largest value
+                    "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre)}
+            fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
     finally:
         teardown(rt)
-
-
-def finetune(cfg: FinetuneConfig, rt, make_data, m_lo: int, m_hi: int) -> None:
-    """Load the pretrained model (or restore the run, with --resume), build the batches and run `fit`."""
-    _, tok, pre = load_model(cfg.init_from, "cpu", cfg.bpe_file or None)
-    gpt_config = GPTConfig(**{**pre["model"], "dropout": cfg.dropout})
-    data = make_data(cfg, tok, gpt_config.block_size)
-    model, optimizer, step, log = start(cfg, rt, gpt_config)
-    if not cfg.resume:  # start from the pretrained weights (the optimizer starts afresh)
-        model.load_state_dict(load_checkpoint(cfg.init_from, rt.device)["model"])
-    meta = {"kind": "finetune", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
-            "tokenizer": pre["tokenizer"], "task": cfg.task, "filler": cfg.filler,
-            "m_ft": m_hi, "m_ft_range": [m_lo, m_hi],  # a range's default M_inf is its largest value
-            "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre)}
-    fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
-
-
-def pretrain_pause_frac(meta: dict) -> float:
-    """The pause_frac the model was pretrained with (0 = StdPT), carried through finetuning."""
-    return meta.get("pretrain_pause_frac", meta.get("config", {}).get("pause_frac", 0.0))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """GPT-2-style decoder with a <pause> token id in its config, a KV cache for incremental decoding and
 key masks for left-padded batches; learned (GPT-2) or rotary position embeddings. Read top to bottom;
-the method itself lives in the data (targets -1).
+the method lives in pause.py (the model only knows the pause's id). Below the model, a speed section:
+code that gives the same numbers faster, each part tested equal to the plain path.
 
 References: karpathy/nanoGPT model.py; GPT-2 (Radford et al., 2019); Goyal et al., ICLR 2024 (pause tokens);
 Su et al., 2021 (RoFormer, rotary position embeddings).
@@ -84,50 +85,6 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-class ChunkedCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of the logits h @ w.T (h: rows x d, w: vocab x d) over targets != -1, `chunk` rows at a
-    time, the gradient taken on the spot: the full (rows x vocab) float32 logits and their softmax are never held
-    (at batch 8 x 256, vocab 50304 that is 0.4 GB each, and several passes over memory a step)."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int,
-                with_grad: bool) -> torch.Tensor:
-        rows = (targets != -1).nonzero()[:, 0]  # ignored targets (pauses) cost no logits at all
-        dev = h.device.type  # the matmuls run in autocast's dtype, cast here: autocast skips the in-place addmm_
-        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
-        hk, tk, n, wc = h[rows].to(cdt), targets[rows], max(len(rows), 1), w.to(cdt)
-        loss = torch.zeros((), device=h.device)
-        grad_h = torch.zeros_like(h) if with_grad else None
-        grad_w = None
-        with torch.autocast(dev, enabled=False):
-            for s in range(0, len(rows), chunk):
-                hc, t = hk[s:s + chunk], tk[s:s + chunk]
-                logp = torch.log_softmax((hc @ wc.t()).float(), -1)  # one fused pass over the chunk's logits
-                loss -= logp.gather(1, t[:, None]).sum()
-                if with_grad:  # d loss / d logits = (softmax - one_hot(target)) / n
-                    probs = logp.exp_()
-                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
-                    grad_h[rows[s:s + chunk]] = (probs.to(cdt) @ wc).div_(n).to(h.dtype)
-                    g = probs.t().to(cdt)
-                    # the first chunk writes the vocab x d gradient, the others add in place: no zero-filled
-                    # temporary; the sum is kept in w's dtype (float32) when the products are in bfloat16
-                    if grad_w is None:
-                        grad_w = (g @ hc).to(w.dtype).div_(n)
-                    elif cdt == w.dtype:
-                        grad_w.addmm_(g, hc, alpha=1 / n)
-                    else:
-                        grad_w.add_(g @ hc, alpha=1 / n)
-        if with_grad and grad_w is None:  # every target ignored
-            grad_w = torch.zeros_like(w)
-        ctx.save_for_backward(grad_h, grad_w)
-        return loss / n
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
-
-
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: GPTConfig, layer: int):
@@ -185,8 +142,9 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    loss_chunk = 1024  # rows of logits the training loss holds at once (1024 x 50304 float32: 0.2 GB; fewer rows
-    #                    make the output layer's matmuls slower on a CPU)
+    chunked_loss = True  # the loss of the speed section below (torch.compile fuses the plain one itself)
+    loss_chunk = 1024  # rows of logits it holds at once (1024 x 50304 float32: 0.2 GB; fewer rows make the output
+    #                    layer's matmuls slower on a CPU)
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -270,22 +228,12 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)  # generation reads the last position only
         if targets is None:
             return self.lm_head(x).float(), None
-        # pause targets (and anything else not to be learned) are -1 in the data
-        if torch.compiler.is_compiling():  # the compiler fuses the plain loss itself
-            logits = self.lm_head(x).float()
-            return None, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        w = self.lm_head.weight
-        with_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-        return None, ChunkedCrossEntropy.apply(x.reshape(B * T, -1), w, targets.reshape(-1), self.loss_chunk, with_grad)
-
-    def column_major_(self) -> "GPT":
-        """Store every matmul weight column-major, same values and shapes, for inference on a CPU: a one-row matmul
-        streams a weight so laid out about twice as fast, and decoding one row is such matmuls (at 6 x 384 wide,
-        119 MB of weights a token, 77 MB of them the output layer, tied to the embedding table)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.data = module.weight.data.t().contiguous().t()
-        return self
+        if self.chunked_loss and not torch.compiler.is_compiling():  # the same loss, faster (speed section below)
+            return None, chunked_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1),
+                                               self.loss_chunk)
+        # next-token cross-entropy; targets that are pauses (and prompts, padding) are -1 in the data: no loss
+        logits = self.lm_head(x).float()
+        return None, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
     @staticmethod
     def _causal_mask(past: int, T: int, device: torch.device) -> torch.Tensor:
@@ -319,3 +267,64 @@ class GPT(nn.Module):
         if peak is None:
             return None
         return tokens_per_sec * self.flops_per_token(seq_len) / peak
+
+    # ------------------------------------------------------------------------- speed: the same numbers, faster
+    def column_major_(self) -> "GPT":
+        """Store every matmul weight column-major, same values and shapes, for inference on a CPU: a one-row matmul
+        streams a weight so laid out about twice as fast, and decoding one row is such matmuls (at 6 x 384 wide,
+        119 MB of weights a token, 77 MB of them the output layer, tied to the embedding table)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.data = module.weight.data.t().contiguous().t()
+        return self
+
+
+# ----------------------------------------------------------------------------- speed: the training loss
+def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """F.cross_entropy(h @ w.T, targets, ignore_index=-1), `chunk` rows at a time (tested equal to it)."""
+    with_grad = torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)
+    return ChunkedCrossEntropy.apply(h, w, targets, chunk, with_grad)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the logits h @ w.T (h: rows x d, w: vocab x d) over targets != -1, `chunk` rows at a
+    time, the gradient taken on the spot: the full (rows x vocab) float32 logits and their softmax are never held
+    (at batch 8 x 256, vocab 50304 that is 0.4 GB each, and several passes over memory a step)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int,
+                with_grad: bool) -> torch.Tensor:
+        rows = (targets != -1).nonzero()[:, 0]  # ignored targets (pauses) cost no logits at all
+        dev = h.device.type  # the matmuls run in autocast's dtype, cast here: autocast skips the in-place addmm_
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
+        hk, tk, n, wc = h[rows].to(cdt), targets[rows], max(len(rows), 1), w.to(cdt)
+        loss = torch.zeros((), device=h.device)
+        grad_h = torch.zeros_like(h) if with_grad else None
+        grad_w = None
+        with torch.autocast(dev, enabled=False):
+            for s in range(0, len(rows), chunk):
+                hc, t = hk[s:s + chunk], tk[s:s + chunk]
+                logp = torch.log_softmax((hc @ wc.t()).float(), -1)  # one fused pass over the chunk's logits
+                loss -= logp.gather(1, t[:, None]).sum()
+                if with_grad:  # d loss / d logits = (softmax - one_hot(target)) / n
+                    probs = logp.exp_()
+                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                    grad_h[rows[s:s + chunk]] = (probs.to(cdt) @ wc).div_(n).to(h.dtype)
+                    g = probs.t().to(cdt)
+                    # the first chunk writes the vocab x d gradient, the others add in place: no zero-filled
+                    # temporary; the sum is kept in w's dtype (float32) when the products are in bfloat16
+                    if grad_w is None:
+                        grad_w = (g @ hc).to(w.dtype).div_(n)
+                    elif cdt == w.dtype:
+                        grad_w.addmm_(g, hc, alpha=1 / n)
+                    else:
+                        grad_w.add_(g @ hc, alpha=1 / n)
+        if with_grad and grad_w is None:  # every target ignored
+            grad_w = torch.zeros_like(w)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None

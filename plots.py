@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
-from common import UserError, atomic_open, config_help, opt, parse_config, run_main, write_json  # noqa: E402
+from config import UserError, config_help, opt, parse_config, run_main  # noqa: E402
+from runtime import atomic_open, write_json  # noqa: E402
 
 VARIANTS = ["StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT"]
 # One colour per arm, the same in every figure (the study's and compute_study's arms, the pretrainings).

@@ -31,7 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 import tokenizer as tokmod
-from common import UserError, atomic_open, check_config, ensure_writable_dir, file_sha256, lock_dir, opt, write_json
+from config import UserError, check_config, opt
+from runtime import atomic_open, ensure_writable_dir, file_sha256, lock_dir, write_json
 
 
 # -------------------- documents
@@ -112,7 +113,7 @@ LOCK_WAIT_S = 5.0  # a killed run's workers take a moment to die (and release th
 
 
 def lock_out_dir(out_dir: str):
-    """Hold out_dir/.prepare.lock for this run (common.lock_dir). Workers forked from this process inherit
+    """Hold out_dir/.prepare.lock for this run (runtime.lock_dir). Workers forked from this process inherit
     it, so an orphaned worker still holds it while it lives."""
     return lock_dir(out_dir, "data.py prepare or its orphaned workers", "prepare", LOCK_WAIT_S)
 

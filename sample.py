@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-from common import (DEVICES, DTYPES, UserError, check_config, load_checkpoint, nonfinite_tensors, opt, parse_config,
-                    run_main, setup_runtime)
-from model import GPT, GPTConfig
-from tokenizer import from_meta, pause_id_for
+from checkpoint import load_model
+from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
+from model import GPT
+from pause import banned_tokens, with_pauses
+from runtime import setup_runtime
+from tokenizer import inserted_token
 
 
 @dataclass
@@ -39,81 +41,14 @@ class SampleConfig:
             raise UserError(f"--prompt={self.prompt}: no such file {self.prompt[5:]}")
 
 
-def load_model(path: str, device, bpe_file: str | None = None) -> tuple[GPT, object, dict]:
-    """(model in eval mode, its tokenizer, checkpoint meta) from any pausegpt checkpoint."""
-    ckpt = load_checkpoint(path, device)
-    meta = ckpt["meta"]
-    if "model" not in meta or "tokenizer" not in meta:
-        raise UserError(f"checkpoint {path} has no model config or tokenizer in its meta")
-    tok_meta, conf = meta["tokenizer"], model_config(path, meta["model"])
-    if conf.vocab_size < tok_meta["vocab_size"] or conf.pause_id != tok_meta["pause_id"]:
-        raise UserError(f"checkpoint {path}: its model (vocab {conf.vocab_size}, pause id {conf.pause_id}) does not "
-                        f"fit its tokenizer (vocab {tok_meta['vocab_size']}, pause id {tok_meta['pause_id']})")
-    model = GPT(conf)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {path}: weights do not match its config ({str(e).splitlines()[0]})") from None
-    if bad := nonfinite_tensors(model):
-        raise UserError(f"checkpoint {path}: {len(bad)} tensor(s) hold inf or NaN (e.g. {bad[0]}); it cannot be used")
-    model = model.to(device).eval()
-    if model.lm_head.weight.device.type == "cpu":
-        model.column_major_()  # decoding one row on a CPU: about twice the tokens/s, the same logits
-    return model, from_meta(tok_meta, bpe_file), meta
-
-
-def model_config(path: str, saved) -> GPTConfig:
-    """The GPTConfig a checkpoint's meta records, checked key by key (a key it lacks keeps its default)."""
-    fields = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
-    if not isinstance(saved, dict):
-        raise UserError(f"checkpoint {path}: its model config is not a table of options")
-    for key, value in saved.items():
-        if key not in fields:
-            raise UserError(f"checkpoint {path}: unknown model config key {key!r}")
-        want = {int: int, float: (int, float), bool: bool, str: str}[fields[key]]
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise UserError(f"checkpoint {path}: model config {key}={value!r} is not a {fields[key].__name__}")
-    return GPTConfig(**saved)
-
-
-def with_pauses(ids: list[int], m: int, pause_id: int, prepend: bool = False) -> list[int]:
-    """The prompt followed by m pauses: where PauseFT and pause-inference put them (the ablations
-    pass a filler token's id as pause_id, or prepend=True to put them before the prompt)."""
-    if m < 0:
-        raise UserError(f"the number of pauses must be >= 0, got {m}")
-    return [pause_id] * m + list(ids) if prepend else list(ids) + [pause_id] * m
-
-
-def prompt_in_block(prefix: list[int], m: int, pause_id: int, prepend: bool, answer: int,
-                    block_size: int) -> tuple[list[int], bool]:
-    """[prefix, pauses] (pauses first if prepend) leaving `answer` positions of the block for the answer
-    tokens the model reads: a prefix too long loses its beginning (the end of a context matters most),
-    the pauses and the answer never. The same rule for finetuning and evaluation. Returns the prompt
-    and whether the prefix was cut."""
-    room = block_size - m - answer
-    if room < 1:
-        raise UserError(f"{m} pauses and {answer} answer tokens leave no room for the prompt in block_size "
-                        f"{block_size}: use fewer pauses or a shorter answer")
-    kept = prefix[-room:]
-    return with_pauses(kept, m, pause_id, prepend), len(kept) < len(prefix)
-
-
-def banned_tokens(model: GPT, vocab_size: int) -> torch.Tensor:
-    """(vocab,) bool, True where the model must put no probability: <pause> and the padded vocab slots.
-    Decoding and choice scoring both mask these, so both use the same distribution."""
-    banned = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=model.lm_head.weight.device)
-    banned[vocab_size:] = True
-    banned[model.config.pause_id] = True  # never emit <pause>
-    return banned
-
-
 @torch.no_grad()
 def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[int], vocab_size: int,
              temperature: float = 0.0, top_k: int = 0, stop_id: int | None = None, use_cache: bool = True,
              generator: torch.Generator | None = None) -> list[list[int]]:
-    """Decode a batch of prompts (each already ending with its pauses), left-padded together.
-    Only logits after the last prompt token are read; <pause> and the padded vocab slots are
-    masked, so they are never emitted. max_new_tokens is one budget or one per row: a row stops at
+    """Decode a batch of prompts (each already ending with its pauses: pause.with_pauses), left-padded
+    together. The prefill reads the whole prompt and only the logits after its last token, the last pause,
+    are used: outputs at the pauses are never read. <pause> and the padded vocab slots are masked
+    (pause.banned_tokens), so they are never emitted. max_new_tokens is one budget or one per row: a row stops at
     its own, the others go on; each is clipped to what the block leaves after the longest prompt.
     Returns the new tokens of each row, cut before stop_id."""
     device, block = model.lm_head.weight.device, model.config.block_size
@@ -133,12 +68,12 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[in
         idx[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, :longest - len(p)] = False
     padded = any(len(p) < longest for p in prompts)
-    banned = banned_tokens(model, vocab_size)
+    banned = banned_tokens(model.config.vocab_size, vocab_size, model.config.pause_id, device)
     cache = model.new_cache(len(prompts), longest + max_new_tokens) if use_cache else None
     out = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long, device=device)  # written in place, no cat
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     last_step = torch.tensor(budgets, device=device) - 1
-    step_input, n_out = idx, 0  # the prefill: prompt and pauses in one pass
+    step_input, n_out = idx, 0  # the prefill: prompt and pauses in one pass; nothing before the last pause is read
     for step in range(max_new_tokens):
         key_mask = mask[:, :longest + step] if padded else None
         if use_cache:
@@ -181,7 +116,7 @@ def main(cfg: SampleConfig) -> None:
     if not text:
         raise UserError("the prompt is empty: give some text (e.g. --prompt='\\n', the default)")
     # the pauses a checkpoint was finetuned with (a filler token, before the prompt) are the ones it expects
-    pause = pause_id_for(tok, cfg.filler or meta.get("filler", ""))
+    pause = inserted_token(tok, cfg.filler or meta.get("filler", ""))
     prompt = with_pauses(tok.encode(text), m_inf, pause, cfg.prepend or meta.get("prepend", False))
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     with rt.autocast():

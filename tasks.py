@@ -11,10 +11,12 @@ import gzip
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 
-from common import UserError, opt
+from config import UserError, opt, run_commands, run_main
 from metrics import gsm8k_number
+from runtime import download_file
 
 
 @dataclass
@@ -316,7 +318,6 @@ def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None
     if unknown:
         have = ", ".join(k for k in spec.files if not k.endswith("_labels"))
         raise UserError(f"task {name} has no split {unknown[0]!r}; it has {have}")
-    from data import download_file  # lazily: tasks.py stays usable without data.py's imports
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for split in splits:
@@ -339,18 +340,16 @@ class DownloadTasksConfig:
     splits: list[str] = opt(["train", "eval"], "splits to fetch", choices=("train", "eval"))
 
 
-def main(argv: list[str]) -> None:
-    from common import parse_config
-    if not argv or argv[0] != "download":
-        raise UserError("usage: python tasks.py download [--task=gsm8k,squad] [--out_dir=data/tasks]; see --help")
-    cfg = parse_config(DownloadTasksConfig, argv[1:], prog="tasks.py download")
+def download(cfg: DownloadTasksConfig) -> None:
     for name in cfg.task:
         splits = tuple(s for s in cfg.splits if s in get_spec(name).files)  # LAMBADA has no train split
         for split, path in download_task(name, os.path.join(cfg.out_dir, name), splits).items():
             print(f"{name} {split}: {path}")
 
 
+def main(argv: list[str]) -> None:
+    run_commands("tasks.py", __doc__, {"download": (DownloadTasksConfig, download)}, argv)
+
+
 if __name__ == "__main__":
-    import sys
-    from common import run_main
     run_main(main, sys.argv[1:])

@@ -16,9 +16,10 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 
-from common import UserError, atomic_open, ensure_writable_file, file_sha256, opt, parse_config, run_main
+from config import UserError, opt, run_commands, run_main
+from pause import PAUSE
+from runtime import atomic_open, ensure_writable_file, file_sha256
 
-PAUSE = "<pause>"  # the one new token of the method
 EOT = "<|endoftext|>"
 
 # GPT-2 BPE: tiktoken's r50k_base has exactly GPT-2's ranks; we add <pause> right after EOT.
@@ -187,8 +188,8 @@ def from_meta(meta: dict, bpe_file: str | None = None):
     raise UserError(f"meta.json names an unknown tokenizer {kind!r}")
 
 
-def pause_id_for(tok, filler: str) -> int:
-    """The token placed between prefix and target: <pause>, or for the filler ablation an ordinary one."""
+def inserted_token(tok, filler: str = "") -> int:
+    """The id the pause layouts insert: <pause>, or for the filler ablations an ordinary one-token text."""
     if not filler:
         return tok.pause_id
     ids = tok.encode(filler.replace("\\n", "\n"))  # "\n" typed on a command line means a newline
@@ -235,9 +236,7 @@ def fetch(cfg: FetchConfig) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if argv[:1] != ["fetch"]:
-        raise UserError("usage: python tokenizer.py fetch [--dest=PATH] (see python tokenizer.py fetch --help)")
-    fetch(parse_config(FetchConfig, argv[1:], prog="tokenizer.py fetch"))
+    run_commands("tokenizer.py", __doc__, {"fetch": (FetchConfig, fetch)}, argv)
 
 
 if __name__ == "__main__":

@@ -3,31 +3,28 @@
     python train.py config/tiny.toml --data_dir=data/tiny --pause_frac=0.1 --out_dir=out/pause
     torchrun --standalone --nproc_per_node=8 train.py config/130m.toml --data_dir=data/c4
 
-The pause method lives in the data (data.PretrainData injects pauses and masks pause targets);
-this file is the plain optimisation loop, `fit`, which finetune.py reuses.
+The pauses live in the data (data.PretrainData, through pause.py); this file is the plain optimisation
+loop, `fit`, which finetune.py reuses. The run directory's rules (one writer, --resume, --overwrite) and
+the checkpoint are checkpoint.py's.
 """
-import contextlib
 import dataclasses
-import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import flops
-from common import (DEVICES, DTYPES, Runtime, UserError, append_line, check_config, ensure_writable_dir,
-                    load_checkpoint, lock_dir, nonfinite_tensors, opt, parse_config, rng_state,
-                    run_main, save_checkpoint, set_rng_state, setup_runtime, teardown)
+from checkpoint import Checkpointer, MetricsLog, open_run, own_out_dir, rng_state
+from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
+from data import PretrainData
 from model import GPT, GPTConfig
+from runtime import all_mean, setup_runtime, teardown
 from tokenizer import padded_vocab
-
 
 MAX_LR = 1e30  # far above any usable rate (divergence is stopped or skipped), below float32 overflow in AdamW
 
@@ -72,12 +69,6 @@ class LoopConfig:
             raise UserError("--resume continues out_dir's run and --overwrite deletes it: pass one of them")
 
 
-# Options that --resume may change: how long the run goes, how often it evaluates, logs and saves, where it runs.
-# The model, the data and the optimiser stay (max_iters also moves the end of the decay if lr_decay_iters is 0).
-RESUMABLE = {"out_dir", "resume", "max_iters", "eval_interval", "eval_iters", "log_interval", "ckpt_interval",
-             "device", "compile", "on_nonfinite", "max_skips", "bpe_file", "overwrite"}
-
-
 @dataclass
 class TrainConfig(LoopConfig):
     """Pretrain a GPT on prepared token shards, with (pause_frac > 0) or without pauses."""
@@ -99,38 +90,6 @@ class TrainConfig(LoopConfig):
             raise UserError(f"--n_head={self.n_head} must divide --n_embd={self.n_embd}")
 
 
-class MetricsLog:
-    """JSONL metrics in out_dir/log.jsonl (master only); the first line of each run is its full config.
-    A resumed run first cuts the log back to where its checkpoint was written (`truncate_to`), so the
-    steps it replays appear once, with the values of the run that continued."""
-
-    def __init__(self, path: str | None, header: dict, truncate_to: int | None = None):
-        self.path = path
-        if path and truncate_to is not None and os.path.exists(path) and os.path.getsize(path) >= truncate_to:
-            os.truncate(path, truncate_to)
-        self.write(header)
-
-    def write(self, record: dict) -> None:
-        if self.path:
-            append_line(self.path, json.dumps(record))  # a full disk: one line, and no partial record
-
-    def size(self) -> int | None:
-        return os.path.getsize(self.path) if self.path and os.path.exists(self.path) else None
-
-
-def all_mean(rt: Runtime, value: float | torch.Tensor) -> float | torch.Tensor:
-    """Mean of a scalar, or elementwise of a tensor, over DDP ranks (the value itself in a single process)."""
-    if not rt.ddp:
-        return value
-    if isinstance(value, torch.Tensor):
-        t = value.detach().clone()
-        dist.all_reduce(t)
-        return t / rt.world_size
-    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
-    dist.all_reduce(t)
-    return t.item() / rt.world_size
-
-
 def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int) -> float:
     """Linear warmup, then cosine decay to min_lr at decay_steps, then min_lr."""
     if step < warmup:
@@ -141,54 +100,25 @@ def cosine_lr(step: int, lr: float, min_lr: float, warmup: int, decay_steps: int
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
-def make_optimizer(model: GPT, cfg) -> torch.optim.Optimizer:
-    return model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), model_device(model))
-
-
-def model_device(model: torch.nn.Module) -> str:
-    return next(model.parameters()).device.type
-
-
 def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable, meta: dict, start_step: int,
         log: MetricsLog) -> None:
-    """Optimise model for steps start_step..cfg.max_iters-1 with DDP, grad accumulation, clipping and
-    a cosine LR; `get_batch(step, index)` gives micro-batch `index` (global over ranks) of a step;
-    `evaluate(model)` returns a dict of metrics. ckpt.pt is (re)written atomically with `meta`.
-
-    A step whose loss or gradient norm is inf/NaN never reaches the weights: the run stops, or skips
-    that update (cfg.on_nonfinite). A checkpoint is written only from weights that have just given a
-    finite loss and gradient: the one of step k at step k, before its update; the last one after the
-    final evaluation. So the checkpoint kept after a divergence is good, and resuming from it gives
-    the same finite loss."""
+    """Optimise model for steps start_step..cfg.max_iters-1: DDP, gradient accumulation, clipping, a cosine LR.
+    `get_batch(step, index)` gives micro-batch `index` (global over ranks) of a step; `evaluate(model)` a dict
+    of metrics. A step whose loss or gradient norm is inf/NaN never reaches the weights (cfg.on_nonfinite:
+    stop, or skip it), and ckpt.pt is written only from weights that just gave a finite loss and gradient,
+    so resuming from it gives the same finite loss."""
     if cfg.grad_accum % rt.world_size:
         raise UserError(f"grad_accum={cfg.grad_accum} must be divisible by the {rt.world_size} processes")
-    accum = cfg.grad_accum // rt.world_size
-    raw = model
+    accum, raw = cfg.grad_accum // rt.world_size, model
     if cfg.compile:
         model = torch.compile(model)
     if rt.ddp:
         model = DDP(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt_every = cfg.ckpt_interval or cfg.eval_interval
-    decay = cfg.lr_decay_iters or cfg.max_iters
+    ckpt = Checkpointer(cfg, rt, raw, optimizer, meta, log, start_step if cfg.resume else None)
+    ckpt_every, decay = cfg.ckpt_interval or cfg.eval_interval, cfg.lr_decay_iters or cfg.max_iters
+    ledger = flops.Ledger(raw.config, meta.get("kind") == "finetune", rt.world_size, log.path, start_step)
     bar = tqdm(range(start_step, cfg.max_iters), initial=start_step, total=cfg.max_iters,
                disable=not rt.master, dynamic_ncols=True, desc=os.path.basename(cfg.out_dir.rstrip("/")))
-    saved = start_step if cfg.resume else None  # the step of the checkpoint on disk
-
-    def save(step: int, rng: dict) -> None:  # `step` optimizer steps are done; `rng` as that step began
-        nonlocal saved
-        if bad := nonfinite_tensors(raw):  # on every rank (the weights are the same), so that all stop together
-            raise UserError(f"{len(bad)} tensor(s) of the model are not finite at step {step} (e.g. {bad[0]}): "
-                            f"stopped without writing them; {kept()}")
-        if rt.master:
-            save_checkpoint(ckpt_path, raw, optimizer, {**meta, "step": step, "rng": rng, "log_offset": log.size()})
-        saved = step
-
-    def kept() -> str:
-        return f"the last good checkpoint {ckpt_path} (step {saved}) is kept" if saved is not None else \
-            "no checkpoint was written"
-
-    ledger = flops.Ledger(raw.config, meta.get("kind") == "finetune", rt.world_size, log.path, start_step)
     t0, skipped, in_a_row = time.time(), 0, 0
     for step in bar:
         if step % cfg.eval_interval == 0 and not (cfg.resume and step == start_step):
@@ -213,24 +143,19 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
             loss_sum += loss.detach()
             n_tokens += x.numel() * rt.world_size
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        # one sync per step: the mean loss, and a grad norm that is non-finite on every rank if it is on one,
-        # so that all ranks take the same decision below
+        # one sync a step: the mean loss, and a grad norm non-finite on every rank if on one (all decide alike)
         loss, grad_norm = all_mean(rt, torch.stack([loss_sum.double() / accum, grad_norm.double()])).tolist()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)  # this update never reaches the weights
             skipped, in_a_row = skipped + 1, in_a_row + 1
-            what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
-            if cfg.on_nonfinite == "stop" or in_a_row >= cfg.max_skips:
-                why = "" if cfg.on_nonfinite == "stop" else f" ({in_a_row} non-finite steps in a row)"
-                raise UserError(f"{what} at step {step}{why}: stopped; {kept()}. Try a lower learning_rate or "
-                                "dtype=float32")
+            stop_on_nonfinite(cfg, step, loss, grad_norm, in_a_row, ckpt.kept())
             log.write({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "skipped": True,
                        "skipped_steps": skipped})
             t0 = time.time()
             continue
         in_a_row = 0
         if rng is not None:  # these weights just gave a finite loss and gradient
-            save(step, rng)
+            ckpt.save(step, rng)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         dt, t0 = time.time() - t0, time.time()
@@ -245,79 +170,20 @@ def fit(cfg, rt, model: GPT, optimizer, get_batch: Callable, evaluate: Callable,
         metrics = evaluate(model)
         log.write({"step": cfg.max_iters, **metrics})
         if not all(math.isfinite(v) for v in metrics.values()):
-            raise UserError(f"the final evaluation gave {metrics}: stopped without writing these weights; {kept()}")
-        save(cfg.max_iters, rng_state())
+            raise UserError(f"the final evaluation gave {metrics}: stopped without writing these weights; {ckpt.kept()}")
+        ckpt.save(cfg.max_iters, rng_state())
+        if rt.master:
+            bar.close()
+            print(f"step {cfg.max_iters}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) +
+                  f"; checkpoint {ckpt.path}")
 
 
-def remove_stale_temps(directory: str) -> None:
-    """Delete the temp files atomic_open left in `directory` when its process was killed; call it only while
-    holding the directory's lock (lock_dir), so that no live writer owns them."""
-    for name in os.listdir(directory):
-        if re.fullmatch(r".+\.[0-9a-f]{8}\.tmp", name):  # atomic_open's names: PATH.<8 hex digits>.tmp
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(directory, name))
-
-
-@contextlib.contextmanager
-def own_out_dir(cfg, rt):
-    """While the run lasts, it is out_dir's only writer (a lock); a fresh run never mixes its log with an earlier
-    run's (--resume continues that run, --overwrite deletes it); temp files of killed writers are deleted."""
-    if not rt.master:
-        yield
-        return
-    ensure_writable_dir(cfg.out_dir)  # a read-only out_dir is one line now, not at the first checkpoint
-    with lock_dir(cfg.out_dir, "train.py or finetune.py run", "train"):
-        remove_stale_temps(cfg.out_dir)
-        used = [name for name in ("ckpt.pt", "log.jsonl") if os.path.exists(os.path.join(cfg.out_dir, name))]
-        if used and not cfg.resume and not cfg.overwrite:
-            raise UserError(f"{cfg.out_dir} holds an earlier run's {' and '.join(used)}: pass --resume to continue it, "
-                            "--overwrite to replace it, or choose another --out_dir")
-        for name in used if cfg.overwrite else []:
-            os.remove(os.path.join(cfg.out_dir, name))
-        yield
-
-
-def resume_or_restart(out_dir: str) -> dict:
-    """The options of a run into out_dir that an experiment reruns: resume its checkpoint, or start afresh (deleting
-    the log of a run that was stopped before its first checkpoint)."""
-    has_ckpt = os.path.exists(os.path.join(out_dir, "ckpt.pt"))
-    return {"resume": has_ckpt, "overwrite": not has_ckpt}
-
-
-def start(cfg, rt, gpt_config: GPTConfig) -> tuple[GPT, torch.optim.Optimizer, int, MetricsLog]:
-    """Build the model and optimizer, restore them from out_dir/ckpt.pt if cfg.resume, open the log."""
-    model = GPT(gpt_config).to(rt.device)
-    optimizer = make_optimizer(model, cfg)
-    step, ckpt_path, changed, log_offset = 0, os.path.join(cfg.out_dir, "ckpt.pt"), None, None
-    if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, rt.device)
-        saved = {**dataclasses.asdict(GPTConfig()), **ckpt["meta"].get("model", {})}  # older: fewer keys, defaults
-        if saved != dataclasses.asdict(gpt_config):
-            raise UserError(f"{ckpt_path} holds a model of another config {ckpt['meta'].get('model')}; "
-                            "resume with the same model options")
-        step, changed = ckpt["meta"]["step"], config_changes(ckpt_path, ckpt["meta"].get("config", {}), cfg)
-        if cfg.max_iters < step:
-            raise UserError(f"--max_iters={cfg.max_iters} is below the step {step} of {ckpt_path}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["meta"]["rng"])
-        log_offset = ckpt["meta"].get("log_offset")
-    log = MetricsLog(os.path.join(cfg.out_dir, "log.jsonl") if rt.master else None,
-                     {"config": dataclasses.asdict(cfg), "resumed_at": step if cfg.resume else None,
-                      **({"changed_on_resume": changed} if changed else {}),
-                      "world_size": rt.world_size, "n_params": model.num_params()}, truncate_to=log_offset)
-    return model, optimizer, step, log
-
-
-def config_changes(ckpt_path: str, old: dict, cfg) -> dict:
-    """{key: [old, new]} of the options that differ from the checkpoint's run; a UserError if one of them
-    would alter the run (see RESUMABLE). Keys the checkpoint's run did not have yet are not compared."""
-    changed = {k: [old[k], v] for k, v in dataclasses.asdict(cfg).items() if k in old and old[k] != v and k != "resume"}
-    if fixed := [k for k in changed if k not in RESUMABLE]:
-        raise UserError(f"--resume continues {ckpt_path} with its own config, but " + ", ".join(
-            f"{k}={changed[k][1]} (was {changed[k][0]})" for k in fixed) + "; only " + ", ".join(sorted(RESUMABLE -
-            {"resume"})) + " may change. Start a new --out_dir to change the others")
-    return changed
+def stop_on_nonfinite(cfg, step: int, loss: float, grad_norm: float, in_a_row: int, kept: str) -> None:
+    """The non-finite policy: stop the run, or skip the update until max_skips of them come in a row."""
+    if cfg.on_nonfinite == "stop" or in_a_row >= cfg.max_skips:
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+        why = "" if cfg.on_nonfinite == "stop" else f" ({in_a_row} non-finite steps in a row)"
+        raise UserError(f"{what} at step {step}{why}: stopped; {kept}. Try a lower learning_rate or dtype=float32")
 
 
 @torch.no_grad()
@@ -337,26 +203,21 @@ def pretrain_eval(model, data, cfg, rt) -> dict:
 
 
 def main(cfg: TrainConfig) -> None:
+    """Data, model (or the run to resume), `fit`: evaluation and checkpoints happen inside the loop."""
     check_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     try:
         with own_out_dir(cfg, rt):
-            pretrain(cfg, rt)
+            data = PretrainData(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.pause_frac, cfg.seed)
+            gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab(data.vocab_size),
+                                   n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, mlp_hidden=cfg.mlp_hidden,
+                                   dropout=cfg.dropout, bias=cfg.bias, pause_id=data.pause_id, pos=cfg.pos)
+            model, optimizer, step, log = open_run(cfg, rt, gpt_config)
+            meta = {"kind": "pretrain", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
+                    "tokenizer": data.meta["tokenizer"]}
+            fit(cfg, rt, model, optimizer, data.batch, lambda m: pretrain_eval(m, data, cfg, rt), meta, step, log)
     finally:
         teardown(rt)
-
-
-def pretrain(cfg: TrainConfig, rt) -> None:
-    """Build the data and model (or restore them, with --resume) and run `fit`."""
-    from data import PretrainData
-    data = PretrainData(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.pause_frac, cfg.seed)
-    gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab(data.vocab_size),
-                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, mlp_hidden=cfg.mlp_hidden,
-                           dropout=cfg.dropout, bias=cfg.bias, pause_id=data.pause_id, pos=cfg.pos)
-    model, optimizer, step, log = start(cfg, rt, gpt_config)
-    meta = {"kind": "pretrain", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
-            "tokenizer": data.meta["tokenizer"]}
-    fit(cfg, rt, model, optimizer, data.batch, lambda m: pretrain_eval(m, data, cfg, rt), meta, step, log)
 
 
 if __name__ == "__main__":

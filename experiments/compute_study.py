@@ -26,13 +26,16 @@ import time
 from dataclasses import dataclass
 
 
+import checkpoint
 import data
 import eval as evaluation
 import finetune
 import flops
 import tasks
 import train
-from common import DEVICES, UserError, check_config, load_checkpoint, opt, parse_config, run_main, write_json, write_text
+from checkpoint import load_checkpoint
+from config import DEVICES, UserError, check_config, opt, parse_config, run_main
+from runtime import write_json, write_text
 from experiments import report, synth
 from experiments.curriculum import COT_KINDS, CurriculumConfig, CurriculumData
 from experiments.study import CPU_PRETRAIN, CPU_SYNTH
@@ -97,7 +100,7 @@ def ft_config(cfg: ComputeStudyConfig, out: str, init: str, task_file: str, seed
     return cls(init_from=init, task="lambada", task_file=task_file, out_dir=out, m_ft=str(m_ft), max_iters=iters,
                batch_size=bs, learning_rate=lr, min_lr=lr / 10, warmup_iters=min(100, iters // 10),
                eval_interval=max(1, iters // 4), seed=seed, device=cfg.device, log_interval=50,
-               **train.resume_or_restart(out), **kw)
+               **checkpoint.resume_or_restart(out), **kw)
 
 
 def done(ckpt: str, steps: int) -> bool:
@@ -117,7 +120,7 @@ def pretrain(cfg: ComputeStudyConfig, root: str, seed: int, prepared: str, conf:
     if build and not done(ckpt, iters):
         overrides = {**CPU_PRETRAIN, "n_layer": conf.n_layer, "max_iters": iters}
         train.main(train.TrainConfig(**overrides, data_dir=prepared, out_dir=out, seed=seed, device=cfg.device,
-                                     **train.resume_or_restart(out)))
+                                     **checkpoint.resume_or_restart(out)))
     return ckpt
 
 

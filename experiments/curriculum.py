@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 import finetune
-from common import UserError, opt, parse_config, run_main
-from finetune import FinetuneConfig, FinetuneData, assemble, collate
+from config import UserError, opt, parse_config, run_main
+from finetune import FinetuneConfig, FinetuneData, collate
+from pause import assemble
 
 COT_KINDS = ("sorted", "gaps")
 

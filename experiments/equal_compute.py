@@ -34,17 +34,18 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+import checkpoint
 import eval as evaluation
 import finetune
 import flops
 import metrics
 import tasks
 import train
-from common import (DEVICES, UserError, check_config, load_checkpoint, opt, parse_config, run_main, setup_runtime,
-                    write_json)
+from checkpoint import load_checkpoint, load_model
+from config import DEVICES, UserError, check_config, opt, parse_config, run_main
+from runtime import setup_runtime, write_json
 from experiments import study, synth
 from model import GPTConfig
-from sample import load_model
 
 PAUSE_ARM, M_FT = "PausePT_PauseFT", 12
 BASELINES = ("StdFT_flops", "StdFT_orderings", "StdFT_pair", "Wide_StdFT")
@@ -199,7 +200,7 @@ def ft_config(scfg: study.StudyConfig, name: str, init: str, train_file: str, se
         batch_size=scfg.ft_batch_size, learning_rate=scfg.ft_lr, min_lr=scfg.ft_lr / 10,
         warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4),
         seed=seed if batch_seed is None else batch_seed, device=scfg.device, dtype=scfg.dtype,
-        log_interval=50, **train.resume_or_restart(out))
+        log_interval=50, **checkpoint.resume_or_restart(out))
 
 
 def pause_ft_flops(scfg: study.StudyConfig, train_file: str, tok, conf: GPTConfig, seed: int) -> int:
@@ -237,7 +238,7 @@ def run_seed(cfg: EqualComputeConfig, seed: int, stages: tuple[str, ...] = STAGE
         elif stage == "StdPT_wide" and not study.finished(path(stage), p["max_iters"]):
             train.main(train.TrainConfig(**{**p, "n_embd": wide.n_embd}, data_dir=files["data"],
                                          out_dir=seed_dir(cfg, seed, stage), seed=seed, pause_frac=0.0,
-                                         device=cfg.device, **train.resume_or_restart(seed_dir(cfg, seed, stage))))
+                                         device=cfg.device, **checkpoint.resume_or_restart(seed_dir(cfg, seed, stage))))
         elif stage in shared:  # trained (and evaluated on val and test) exactly as in the study
             study.run_seed(scfg, seed, pre, files, [shared[stage]])
         elif stage in ("StdFT_flops", "StdFT_half_a", "StdFT_half_b", "Wide_StdFT"):

@@ -7,7 +7,8 @@ import os
 import statistics
 
 import plots
-from common import UserError, write_json, write_text
+from config import UserError
+from runtime import write_json, write_text
 from experiments.equal_compute import ARMS, BASELINES, PAUSE_ARM, SPLITS
 
 T_CRIT = 2.78  # two-sided 5 % t with 4 degrees of freedom (5 seeds), fixed before the run

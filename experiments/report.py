@@ -8,7 +8,8 @@ import statistics
 import sys
 
 import plots
-from common import UserError, run_main, write_json, write_text
+from config import UserError, run_main
+from runtime import write_json, write_text
 from plots import fmt_num
 
 LAYOUT_NAMES = {"lambada": "LAMBADA", "gsm8k": "GSM8K"}

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 
 import flops
 import plots
-from common import UserError, check_config, opt, parse_config, run_main, write_json, write_text
+from config import UserError, check_config, opt, parse_config, run_main
+from runtime import write_json, write_text
 from experiments.compute_study import deeper
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab

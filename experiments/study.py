@@ -19,13 +19,15 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import checkpoint
 import data
 import eval as evaluation
 import finetune
 import flops
 import tasks
 import train
-from common import DEVICES, DTYPES, UserError, check_config, load_checkpoint, load_toml, opt, parse_config, run_main
+from checkpoint import load_checkpoint
+from config import DEVICES, DTYPES, UserError, check_config, load_toml, opt, parse_config, run_main
 from experiments import report, synth
 
 VARIANTS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
@@ -127,7 +129,7 @@ def cpu_pretrain(cfg: StudyConfig, seed: int, prepared: str, names: list[str]) -
             train.main(train.TrainConfig(**CPU_PRETRAIN, **rope, data_dir=prepared, out_dir=out, seed=seed,
                                          pause_frac=0.1 if name.startswith("PausePT") else 0.0,
                                          device=cfg.device, dtype=cfg.dtype,
-                                         **train.resume_or_restart(out)))
+                                         **checkpoint.resume_or_restart(out)))
     return ckpts
 
 
@@ -192,7 +194,7 @@ def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, 
                 max_iters=iters, batch_size=cfg.ft_batch_size, learning_rate=cfg.ft_lr, min_lr=cfg.ft_lr / 10,
                 warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4), seed=seed,
                 device=cfg.device, dtype=cfg.dtype,
-                **train.resume_or_restart(os.path.dirname(ckpt)), log_interval=50))
+                **checkpoint.resume_or_restart(os.path.dirname(ckpt)), log_interval=50))
         for split in SPLITS:
             if not files.get(split):
                 continue

@@ -26,7 +26,8 @@ import random
 import time
 from dataclasses import dataclass
 
-from common import UserError, atomic_open, ensure_writable_dir, opt, parse_config, run_main
+from config import UserError, opt, parse_config, run_main
+from runtime import atomic_open, ensure_writable_dir
 
 KINDS = ("gap", "min", "max", "sort")
 LAYOUTS = ("lambada", "gsm8k")

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from common import parse_config, run_main, save_checkpoint
+from checkpoint import save_checkpoint
+from config import parse_config, run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [("train", "TrainConfig"), ("finetune", "FinetuneConfig"), ("sample", "SampleConfig"),

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from common import UserError
+from config import UserError
 from experiments.curriculum import CurriculumConfig, CurriculumData, largest_gap_cot, stage_at, stage_example
 from finetune import FinetuneConfig, FinetuneData
 from tokenizer import WordTokenizer

@@ -14,7 +14,7 @@ import pytest
 
 import data
 import tokenizer as tokmod
-from common import UserError
+from config import UserError
 from tokenizer import EOT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,50 +153,6 @@ def test_prepare_reads_txt_as_one_document_per_file(tmp_path, gpt2):
     (tmp_path / "a.txt").write_text("First line.\n\nSecond paragraph.")
     prep(tmp_path / "out", [str(tmp_path / "*.txt")], val_frac=0.0)
     assert gpt2.decode(shard(tmp_path / "out", "train_00000.bin")) == "First line.\n\nSecond paragraph." + EOT
-
-# ----------------------------------------------------------------------------- inject_pauses
-
-PAUSE = 0  # inject_pauses tests use tokens 1..L, so 0 is free for the pause
-
-
-def rows(B: int, L: int) -> np.ndarray:
-    return np.tile(np.arange(1, L + 1, dtype=np.uint16), (B, 1))
-
-
-def test_inject_adds_n_pause_per_row_of_which_trimming_may_drop_some():
-    counts = (data.inject_pauses(rows(300, 50), 5, PAUSE, np.random.default_rng(0)) == PAUSE).sum(1)
-    assert counts.max() == 5 and counts.mean() < 5  # exactly 5 in the L+5 slots; the trimmed tail holds the rest
-
-
-def test_inject_keeps_the_original_prefix_in_order():
-    out = data.inject_pauses(rows(50, 30), 6, PAUSE, np.random.default_rng(1))
-    assert out.shape == (50, 30) and out.dtype == np.uint16
-    for row in out:
-        real = row[row != PAUSE]
-        assert real.tolist() == list(range(1, len(real) + 1)) and len(real) >= 30 - 6
-
-
-def test_inject_is_deterministic_given_the_rng():
-    a, b, c = (data.inject_pauses(rows(4, 40), 4, PAUSE, np.random.default_rng(s)) for s in (3, 3, 4))
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
-
-
-def test_inject_on_one_row_keeps_its_shape():
-    out = data.inject_pauses(np.arange(1, 21), 3, PAUSE, np.random.default_rng(0))
-    assert out.shape == (20,) and out.dtype == np.arange(1).dtype
-
-
-def test_inject_positions_are_uniform():
-    """Each of the L kept slots is a pause with probability n/(L+n): chi-square over positions, df = L-1."""
-    B, L, n = 4000, 20, 4
-    observed = (data.inject_pauses(rows(B, L), n, PAUSE, np.random.default_rng(5)) == PAUSE).sum(0)
-    expected = B * n / (L + n)
-    assert ((observed - expected) ** 2 / expected).sum() < 45  # chi2(19) exceeds 45 with p < 0.001
-
-
-def test_inject_rows_are_independent():
-    patterns = data.inject_pauses(rows(1000, 20), 4, PAUSE, np.random.default_rng(6)) == PAUSE
-    assert len({p.tobytes() for p in patterns}) > 500
 
 # ----------------------------------------------------------------------------- PretrainData
 

@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import data
-from common import UserError
+import runtime
+from config import UserError
 
 BODY = gzip.compress(b"\n".join(json.dumps({"url": f"u{i}", "text": f"doc {i}", "timestamp": "t"}).encode()
                                 for i in range(300)))
@@ -56,31 +57,31 @@ def test_download_command_fetches_train_and_val_shards(server, tmp_path):
 
 def test_download_resumes_a_partial_file_with_a_range_request(server, tmp_path):
     (tmp_path / "f.json.gz.part").write_bytes(BODY[:1000])
-    data.download_file(server.url + "/f.json.gz", str(tmp_path / "f.json.gz"))
+    runtime.download_file(server.url + "/f.json.gz", str(tmp_path / "f.json.gz"))
     assert server.ranges == ["bytes=1000-"] and (tmp_path / "f.json.gz").read_bytes() == BODY
 
 
 def test_download_restarts_when_the_server_ignores_range(server, tmp_path):
     server.support_range = False
     (tmp_path / "f.json.gz.part").write_bytes(b"stale bytes that must not stay")
-    data.download_file(server.url + "/f.json.gz", str(tmp_path / "f.json.gz"))
+    runtime.download_file(server.url + "/f.json.gz", str(tmp_path / "f.json.gz"))
     assert (tmp_path / "f.json.gz").read_bytes() == BODY
 
 
 def test_download_skips_a_finished_file(server, tmp_path):
     (tmp_path / "f.json.gz").write_bytes(BODY)
-    data.download_file(server.url + "/f.json.gz", str(tmp_path / "f.json.gz"), sha256=hashlib.sha256(BODY).hexdigest())
+    runtime.download_file(server.url + "/f.json.gz", str(tmp_path / "f.json.gz"), sha256=hashlib.sha256(BODY).hexdigest())
     assert server.ranges == []
 
 
 def test_download_404_names_the_url(server, tmp_path):
     with pytest.raises(UserError, match=f"{server.url}/missing.json.gz.*404"):
-        data.download_file(server.url + "/missing.json.gz", str(tmp_path / "m.json.gz"))
+        runtime.download_file(server.url + "/missing.json.gz", str(tmp_path / "m.json.gz"))
 
 
 def test_download_refuses_a_sha256_mismatch(server, tmp_path):
     with pytest.raises(UserError, match="sha256"):
-        data.download_file(server.url + "/f.json.gz", str(tmp_path / "f.json.gz"), sha256="0" * 64)
+        runtime.download_file(server.url + "/f.json.gz", str(tmp_path / "f.json.gz"), sha256="0" * 64)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -6,7 +6,7 @@ import os
 import torch
 
 import flops
-from common import save_checkpoint
+from checkpoint import save_checkpoint
 from experiments.equal_compute import STAGES, arm_cost, matched_steps, pool_plan, reorder, vote, vote_eval, wider
 from experiments.equal_compute_report import on_frontier
 from model import GPT, GPTConfig

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import eval as evaluation
 import metrics
-from common import UserError, parse_config, save_checkpoint
+from checkpoint import save_checkpoint
+from config import UserError, parse_config
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
 

@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-import common
+import checkpoint
+import config
 import data
+import runtime
 import prepare
 import train
-from common import UserError, run_main
+from config import UserError, run_main
 from model import GPT, GPTConfig
 from tokenizer import CharTokenizer
 
@@ -235,25 +237,25 @@ def char_data(tmp_path_factory):
 
 
 def train_cfg(char_data, out_dir, *extra):
-    return common.parse_config(train.TrainConfig, [f"--data_dir={char_data}", f"--out_dir={out_dir}", *TINY, *extra])
+    return config.parse_config(train.TrainConfig, [f"--data_dir={char_data}", f"--out_dir={out_dir}", *TINY, *extra])
 
 
 @pytest.fixture
 def saved(monkeypatch) -> list:
     """(step, names of non-finite tensors) of every checkpoint train.py writes."""
-    writes, real = [], train.save_checkpoint
+    writes, real = [], checkpoint.save_checkpoint
 
     def recording(path, model, optimizer, meta):
-        writes.append((meta["step"], common.nonfinite_tensors(model)))
+        writes.append((meta["step"], checkpoint.nonfinite_tensors(model)))
         real(path, model, optimizer, meta)
 
-    monkeypatch.setattr(train, "save_checkpoint", recording)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", recording)
     return writes
 
 
 def loss_of_checkpoint(path: str, char_data: str) -> float:
     """The training loss of a checkpoint's weights on the batch of its own step: what --resume computes first."""
-    ckpt = common.load_checkpoint(path)
+    ckpt = checkpoint.load_checkpoint(path)
     model = GPT(GPTConfig(**ckpt["meta"]["model"]))
     model.load_state_dict(ckpt["model"])
     batches = data.PretrainData(char_data, 32, 4, 0.0, seed=ckpt["meta"]["config"]["seed"])
@@ -270,7 +272,7 @@ def test_a_diverging_run_keeps_a_checkpoint_that_is_finite_and_gives_a_finite_lo
     stopped_at = int(e.value.args[0].split(" at step ")[1].split(":")[0])
     assert saved and all(not bad for _, bad in saved)  # no checkpoint ever held an inf or NaN
     ckpt = str(tmp_path / "ckpt.pt")
-    assert common.load_checkpoint(ckpt)["meta"]["step"] == stopped_at - 1
+    assert checkpoint.load_checkpoint(ckpt)["meta"]["step"] == stopped_at - 1
     assert math.isfinite(loss_of_checkpoint(ckpt, char_data))
 
 
@@ -328,7 +330,7 @@ def test_skip_drops_the_update_logs_it_and_stops_after_max_skips_in_a_row(char_d
 
 def full_disk(monkeypatch, name_part: str, after: int = 0, code: int = errno.ENOSPC, nth_open: int = 0,
               error: BaseException | None = None) -> None:
-    """Files written through common (atomic_open, appends, the probes) whose name contains `name_part` take
+    """Files written through runtime (atomic_open, appends, the probes) whose name contains `name_part` take
     `after` bytes, then fail with `code` (or raise `error`), as on a full (or read-only) disk; in prepare's
     workers too. nth_open > 0: only the nth such file fails."""
     real, opened = open, [0]
@@ -361,7 +363,7 @@ def full_disk(monkeypatch, name_part: str, after: int = 0, code: int = errno.ENO
         opened[0] += 1
         return Failing(f) if nth_open in (0, opened[0]) else f
 
-    monkeypatch.setattr(common, "open", fake_open, raising=False)
+    monkeypatch.setattr(runtime, "open", fake_open, raising=False)
 
 
 def test_a_full_disk_at_a_checkpoint_is_one_line_keeps_the_last_checkpoint_and_no_temp(char_data, tmp_path,
@@ -435,7 +437,7 @@ def test_a_bad_train_option_is_one_line(option, message, char_data, tmp_path, ca
 ])
 def test_a_bad_sample_option_is_one_line(option, message, capsys):
     import sample
-    assert message in cli_error(capsys, lambda: sample.main(common.parse_config(sample.SampleConfig,
+    assert message in cli_error(capsys, lambda: sample.main(config.parse_config(sample.SampleConfig,
                                                                                 ["--ckpt=missing.pt", option])))
 
 
@@ -447,4 +449,4 @@ def test_resume_refuses_a_changed_run_and_logs_allowed_changes(char_data, tmp_pa
     train.main(train_cfg(char_data, tmp_path, "--max_iters=4", "--resume", "--eval_iters=3"))
     headers = [r for r in map(json.loads, open(tmp_path / "log.jsonl")) if "config" in r]
     assert headers[-1]["changed_on_resume"] == {"max_iters": [2, 4], "eval_iters": [2, 3]}
-    assert common.load_checkpoint(str(tmp_path / "ckpt.pt"))["meta"]["step"] == 4
+    assert checkpoint.load_checkpoint(str(tmp_path / "ckpt.pt"))["meta"]["step"] == 4

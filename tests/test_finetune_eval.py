@@ -7,8 +7,10 @@ import torch.nn.functional as F
 
 import eval as evaluation
 import finetune
-from common import UserError, parse_config, run_main, save_checkpoint
+from checkpoint import save_checkpoint
+from config import UserError, parse_config, run_main
 from finetune import FinetuneConfig, collate, encode_example
+from tokenizer import inserted_token
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
 
@@ -70,7 +72,7 @@ def test_long_prefix_loses_its_beginning_not_the_pauses_or_target(tok):
 
 
 def test_padding_is_ignored_by_the_loss(tok, ckpt):
-    from sample import load_model
+    from checkpoint import load_model
     model, _, _ = load_model(ckpt, "cpu")
     pairs = [encode_example(tok, f"Question: gap {q}\nAnswer:", " #### 3", 4, tok.pause_id, False, 64)
              for q in ("1 3", "1 3 5 7 9 11")]
@@ -87,16 +89,16 @@ def test_padding_is_ignored_by_the_loss(tok, ckpt):
 
 
 def test_filler_uses_the_ordinary_token(tok):
-    filler = finetune.pause_id_for(tok, ".")
+    filler = inserted_token(tok, ".")
     assert filler == tok.encode(".")[0] != tok.pause_id
     x, _ = encode_example(tok, "Question: gap 1 3\nAnswer:", " #### 2", 4, filler, False, 64)
     assert x.tolist().count(filler) == 4 and tok.pause_id not in x.tolist()
     with pytest.raises(UserError, match="one token"):
-        finetune.pause_id_for(tok, ". .")
+        inserted_token(tok, ". .")
 
 
 def test_scored_loglik_equals_token_by_token_sum(ckpt):
-    from sample import load_model
+    from checkpoint import load_model
     model, tok, _ = load_model(ckpt, "cpu")
     context, choices = tok.encode("Question: min 4 9\nAnswer:"), [tok.encode(c) for c in (" #### 4", " #### 9 . 9")]
     for m in (0, 3):

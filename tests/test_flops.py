@@ -5,10 +5,12 @@ import os
 
 import torch
 
+import checkpoint
 import flops
 import train
-from common import setup_runtime
-from finetune import assemble, collate
+from runtime import setup_runtime
+from finetune import collate
+from pause import assemble
 from model import GPT, GPTConfig
 
 # 2 layers, 8 wide, MLP 32, vocabulary 16: N = 2 * (4*8*8 + 2*8*32) + 8*16 = 2 * (256 + 512) + 128 = 1664
@@ -54,10 +56,10 @@ def test_fit_logs_cumulative_ledger_and_resumes_it(tmp_path):
                            device="cpu", log_interval=1)
     rt = setup_runtime("cpu", "float32", 0)
     meta = {"kind": "finetune", "model": CONF.__dict__}
-    model, opt, step, log = train.start(cfg, rt, CONF)
+    model, opt, step, log = checkpoint.open_run(cfg, rt, CONF)
     train.fit(cfg, rt, model, opt, lambda s, i: (x, y), lambda m: {}, meta, step, log)
     cfg.resume, cfg.max_iters = True, 5
-    model, opt, step, log = train.start(cfg, rt, CONF)
+    model, opt, step, log = checkpoint.open_run(cfg, rt, CONF)
     assert step == 3
     train.fit(cfg, rt, model, opt, lambda s, i: (x, y), lambda m: {}, meta, step, log)
     records = [r for r in map(json.loads, open(os.path.join(tmp_path, "log.jsonl"))) if "train_flops" in r]
@@ -68,7 +70,7 @@ def test_fit_logs_cumulative_ledger_and_resumes_it(tmp_path):
 
 def test_eval_results_carry_inference_flops(tmp_path):
     import eval as evaluation
-    from common import save_checkpoint
+    from checkpoint import save_checkpoint
     from tokenizer import WordTokenizer, padded_vocab
     tok = WordTokenizer.build(["gap 1 2 3 4 5"])
     conf = GPTConfig(block_size=32, vocab_size=padded_vocab(tok.vocab_size), n_layer=2, n_head=2, n_embd=8,

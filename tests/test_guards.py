@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-import common
+import checkpoint
 import data
+import runtime
 import eval as evaluation
 import finetune
 import sample
 import train
-from common import UserError, parse_config, run_main, save_checkpoint
+from checkpoint import save_checkpoint
+from config import UserError, parse_config, run_main
 from model import GPT, GPTConfig
 from test_faults import full_disk
 from tokenizer import CharTokenizer
@@ -149,7 +151,7 @@ def run_train(char_data, out, *extra):
 def test_a_second_writer_of_an_out_dir_is_refused(char_data, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    with common.lock_dir(str(out), "train.py or finetune.py run", "train"):  # a live run holds the directory
+    with runtime.lock_dir(str(out), "train.py or finetune.py run", "train"):  # a live run holds the directory
         with pytest.raises(UserError, match="is being written by another train.py or finetune.py run"):
             run_train(char_data, out)
     assert not (out / "log.jsonl").exists()
@@ -160,8 +162,12 @@ def test_a_fresh_run_into_a_used_out_dir_is_refused_unless_overwrite(char_data, 
     out = tmp_path / "run"
     out.mkdir()
     (out / "log.jsonl").write_text('{"config": {}}\n{"step": 0, "loss": 9.0}\n')  # a run that died before a checkpoint
-    with pytest.raises(UserError, match=r"holds an earlier run's log.jsonl: pass --resume .* --overwrite"):
+    # it has no checkpoint: the refusal names the flag that works, and --resume (had it been tried) names it too
+    with pytest.raises(UserError, match=r"holds an earlier run's log.jsonl: .*nothing to resume: pass --overwrite") as e:
         run_train(char_data, out)
+    assert "--resume" not in str(e.value)
+    with pytest.raises(UserError, match=r"--resume: .* holds no ckpt.pt .*pass --overwrite"):
+        run_train(char_data, out, "--resume")
     run_train(char_data, out, "--overwrite")
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert sum("config" in r for r in records) == 1 and [r["step"] for r in records if "loss" in r] == [0, 1, 2]
@@ -278,6 +284,6 @@ def test_an_empty_prompt_is_a_clear_error(tmp_path, capsys):
     for prompt in ("", f"FILE:{tmp_path / 'empty.txt'}"):
         err = one_line_error(capsys, sample.main, sample.SampleConfig(ckpt=path, device="cpu", prompt=prompt))
         assert "the prompt is empty" in err
-    model, tok, _ = sample.load_model(path, "cpu")
+    model, tok, _ = checkpoint.load_model(path, "cpu")
     with pytest.raises(UserError, match="a prompt is empty"):
         sample.generate(model, [[1, 2], []], 3, tok.vocab_size)

@@ -5,7 +5,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD = {"model", "data", "prepare", "tokenizer", "train", "finetune", "sample", "eval", "tasks", "metrics", "flops",
-          "common", "plots", "bench", "bench_data"}
+          "config", "runtime", "checkpoint", "pause", "plots", "bench", "bench_data"}
 
 
 def imports_of(path: str) -> set[str]:

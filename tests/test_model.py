@@ -260,10 +260,10 @@ def test_chunked_loss_with_every_target_ignored_is_zero_with_zero_gradients():
     assert loss.item() == 0.0 and not model.lm_head.weight.grad.any()
 
 
-# A CPU process keeps the memory it frees (common.keep_freed_memory), so a training step seldom faults it in again.
+# A CPU process keeps the memory it frees (runtime.keep_freed_memory), so a training step seldom faults it in again.
 FAULTS = """
 import resource, sys, torch
-from common import setup_runtime
+from runtime import setup_runtime
 from model import GPT, GPTConfig
 if sys.argv[1] == "cpu":
     setup_runtime("cpu", "float32", 0)

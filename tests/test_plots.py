@@ -10,7 +10,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 import plots
-from common import UserError
+from config import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 M_INF = [0, 3, 6, 12]

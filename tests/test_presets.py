@@ -5,9 +5,10 @@ import os
 import torch
 
 import train
-from common import load_toml, save_checkpoint
+from checkpoint import save_checkpoint
+from config import load_toml
 from model import GPT, GPTConfig
-from sample import load_model
+from checkpoint import load_model
 from tokenizer import CharTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from common import UserError
+from config import UserError
 from finetune import FinetuneConfig, FinetuneData, parse_m_ft
 from tokenizer import WordTokenizer
 

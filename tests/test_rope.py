@@ -8,9 +8,10 @@ import torch
 
 import train
 from bench import random_data_dir
-from common import load_checkpoint, parse_config, run_main, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from config import parse_config, run_main
 from model import GPT, GPTConfig, apply_rope, rope_angles
-from sample import load_model
+from checkpoint import load_model
 from tokenizer import CharTokenizer
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=64, pause_id=63)

@@ -5,9 +5,10 @@ import copy
 import pytest
 import torch
 
-from common import UserError
+from config import UserError
 from model import GPT, GPTConfig
-from sample import generate, prompt_in_block, with_pauses
+from pause import with_pauses
+from sample import generate
 
 VOCAB, PAUSE, EOT = 60, 59, 58  # tokenizer ids; the model's vocab is padded to 64
 
@@ -32,22 +33,6 @@ def greedy_by_hand(model, prompt, n):
         logits[PAUSE] = float("-inf")
         ids.append(int(logits.argmax()))
     return ids[len(prompt):]
-
-
-def test_with_pauses_appends_after_prompt():
-    assert with_pauses([5, 6], 3, PAUSE) == [5, 6, PAUSE, PAUSE, PAUSE]
-    assert with_pauses([5, 6], 0, PAUSE) == [5, 6]
-    assert with_pauses([5, 6], 2, PAUSE, prepend=True) == [PAUSE, PAUSE, 5, 6]
-    with pytest.raises(UserError):
-        with_pauses([5], -1, PAUSE)
-
-
-def test_prompt_in_block_cuts_the_prefix_from_the_left_and_keeps_pauses_and_answer():
-    # room for the prefix: 12 positions - 3 pauses - 4 answer tokens = 5
-    assert prompt_in_block(list(range(10)), 3, PAUSE, False, 4, 12) == ([5, 6, 7, 8, 9] + [PAUSE] * 3, True)
-    assert prompt_in_block([1, 2], 3, PAUSE, True, 4, 12) == ([PAUSE] * 3 + [1, 2], False)
-    with pytest.raises(UserError, match="no room for the prompt"):
-        prompt_in_block([1], 8, PAUSE, False, 4, 12)
 
 
 def test_kv_cache_equals_full_recomputation(model):

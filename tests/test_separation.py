@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import flops
-from common import UserError
+from config import UserError
 from experiments import compute_study, separation as sep
 from model import GPTConfig
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from common import UserError
+from config import UserError
 import tasks
 from experiments.synth import (TRAIN_CORPUS, VAL_CORPUS, largest_gap, main, make_question, problem_text, task_text,
                    write_corpus, write_task)

@@ -7,7 +7,7 @@ import types
 import pytest
 
 import tasks
-from common import UserError
+from config import UserError
 
 
 def write_jsonl(path, rows):
@@ -185,7 +185,7 @@ def test_unknown_task():
 def test_download_task_fetches_piqa_labels_too(tmp_path, monkeypatch):
     calls = []
     stub = types.SimpleNamespace(download_file=lambda url, dest, sha256=None, desc=None: calls.append((url, dest)))
-    monkeypatch.setitem(sys.modules, "data", stub)  # data.download_file's signature, no network
+    monkeypatch.setattr(tasks, "download_file", stub.download_file)  # runtime.download_file's signature, no network
     paths = tasks.download_task("piqa", str(tmp_path), splits=("eval",))
     assert paths == {"eval": str(tmp_path / "valid.jsonl")}
     assert [url.rsplit("/", 1)[1] for url, _ in calls] == ["valid.jsonl", "valid-labels.lst"]

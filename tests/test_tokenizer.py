@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 import tokenizer as tokmod
-from common import UserError
+from config import UserError
 from tokenizer import EOT, PAUSE, CharTokenizer, GPT2Tokenizer, WordTokenizer
 
 
@@ -119,7 +119,7 @@ def test_bpe_tests_skip_with_the_fix_named_unless_ci(tmp_path):
     """With no BPE file anywhere, a bpe test skips naming `python tokenizer.py fetch`; with CI set it fails."""
     root, repo = pathlib.Path(__file__).parents[1], tmp_path / "clone"  # a clone without assets/gpt2.tiktoken
     (repo / "tests").mkdir(parents=True)
-    for name in ("tokenizer.py", "common.py", "tests/conftest.py"):
+    for name in ("tokenizer.py", "config.py", "runtime.py", "pause.py", "tests/conftest.py"):
         shutil.copy(root / name, repo / name)
     (repo / "tests" / "test_needs_bpe.py").write_text("import pytest\n\n@pytest.mark.bpe\ndef test_x():\n    pass\n")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", tokmod.BPE_ENV)}

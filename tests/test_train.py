@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import train
-from common import UserError, load_checkpoint, parse_config, run_main
+from checkpoint import load_checkpoint
+from config import UserError, parse_config, run_main
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,7 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     writer = (
         "import sys, torch; sys.path.insert(0, %r)\n"
-        "from common import save_checkpoint\n"
+        "from checkpoint import save_checkpoint\n"
         "m = torch.nn.Linear(1000, 2000)\n"
         "i = 0\n"
         "while True:\n"
@@ -158,7 +159,7 @@ def test_bad_inputs_give_one_line_and_keep_files(data_dir, tmp_path, capsys):
     assert "--resume" in run_train_cli(base + ["--max_iters=4"], capsys)  # would overwrite a run
     assert "another config" in run_train_cli(base + ["--max_iters=4", "--resume", "--n_embd=32"], capsys)
     assert (out / "ckpt.pt").read_bytes() == before
-    assert "does not exist" in run_train_cli([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'none'}", *TINY,
+    assert "holds no ckpt.pt" in run_train_cli([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'none'}", *TINY,
                                               "--resume"], capsys)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "ckpt.pt").write_bytes(before[: len(before) // 2])
@@ -196,7 +197,7 @@ def test_resume_a_checkpoint_written_before_a_config_field_existed(data_dir, tmp
 def test_rng_state_loaded_onto_another_device_is_restored():
     """A checkpoint loaded with map_location=cuda holds its RNG states on the GPU, where torch.set_rng_state
     refuses them (a resume on GPU crashed); set_rng_state brings them back to the CPU first."""
-    from common import rng_state, set_rng_state
+    from checkpoint import rng_state, set_rng_state
 
     class OnGPU:  # what torch.load(map_location="cuda") gives: not a CPU ByteTensor until .cpu()
         def __init__(self, t):

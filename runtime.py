@@ -1,0 +1,234 @@
+"""Where and how a process runs, and what it writes: device, dtype, DDP and seeding (`setup_runtime`);
+files written whole or not at all, one writer per directory, and resumable checksummed downloads.
+A full disk, a read-only or missing directory, a failed download: one line naming the path, never a
+traceback, and no temp or partial file taken as whole.
+"""
+import contextlib
+import ctypes
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import time
+import urllib.error
+import urllib.request
+from http.client import HTTPException
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from config import UserError
+
+
+# ----------------------------------------------------------------------------- the runtime
+@dataclasses.dataclass
+class Runtime:
+    """Where and how this process runs: device, autocast dtype, and its place in DDP."""
+    device: torch.device
+    dtype: torch.dtype
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        """bf16/fp16 autocast on GPU; plain float32 elsewhere."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def keep_freed_memory() -> None:
+    """Keep freed memory in the process (glibc): by default each big block goes back to the OS, and on a CPU every
+    training step page-faults its logits and activations in again, zeroed (10-20 % of a step)."""
+    with contextlib.suppress(OSError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: big blocks come from the heap, where freed ones are reused ...
+        libc.mallopt(-1, 2**31 - 1)  # ... M_TRIM_THRESHOLD: and the heap's top is not handed back
+
+
+def setup_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0) -> Runtime:
+    """Pick the device and dtype, join DDP if launched by torchrun (NCCL on GPU, gloo on CPU), seed."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device=cuda but no CUDA device is available; use --device=cpu")
+    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    if world > 1:
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    dev = torch.device(device)
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    if dev.type == "cpu":
+        keep_freed_memory()
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(seed)  # same on every rank: identical init (DDP also broadcasts rank 0's weights)
+    return Runtime(dev, getattr(torch, dtype), rank, local_rank, world)
+
+
+def teardown(rt: Runtime) -> None:
+    if rt.ddp and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(rt: Runtime, value: float | torch.Tensor) -> float | torch.Tensor:
+    """Mean of a scalar, or elementwise of a tensor, over DDP ranks (the value itself in a single process)."""
+    if not rt.ddp:
+        return value
+    if isinstance(value, torch.Tensor):
+        t = value.detach().clone()
+        dist.all_reduce(t)
+        return t / rt.world_size
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.item() / rt.world_size
+
+
+# ----------------------------------------------------------------------------- files
+def _cannot_write(path: str, e: OSError) -> UserError:
+    return UserError(f"cannot write {path}: {e.strerror or e}")
+
+
+def ensure_writable_dir(path: str) -> None:
+    """Create directory `path` if needed and prove it writable with a small file of its own."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-probe.{secrets.token_hex(4)}")
+        try:
+            with open(probe, "xb") as f:
+                f.write(b"ok")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(probe)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+
+
+def ensure_writable_file(path: str) -> None:
+    """The directory of `path` is writable (created if needed) and `path` is not a directory."""
+    if os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it is a directory")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb"):
+    """A file for writing `path` whole or not at all: a temp file of its own (no other process ever
+    opens it) in the same directory, fsynced, then renamed over `path`. On any error the temp file is
+    removed and an OSError becomes a UserError naming `path`."""
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, mode.replace("w", "x")) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise _cannot_write(path, e) from None
+        raise
+
+
+def append_line(path: str, line: str) -> None:
+    """Append `line` and a newline to `path` whole or not at all: on a disk error the file is cut back to its
+    old end (no partial last line) and the error is a UserError naming `path`."""
+    end = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+        with open(path, "ab") as f:  # closing flushes too: a full disk can fail there, inside the guard
+            f.write(line.encode() + b"\n")
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.truncate(path, end)
+        raise _cannot_write(path, e) from None
+
+
+def lock_dir(directory: str, who: str, name: str, wait_s: float = 0.0):
+    """Hold directory/.NAME.lock (an open file; closing it releases the lock) or, after wait_s, refuse with one
+    line: one writer per directory. Child processes forked from this one inherit it."""
+    f = open(os.path.join(directory, f".{name}.lock"), "a+")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                f.close()
+                raise UserError(f"{directory} is being written by another {who} (started by pid {holder}); "
+                                "wait for it to end or kill it, then run again") from None
+            time.sleep(0.1)
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def write_json(path: str, obj) -> None:
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def download_file(url: str, dest: str, sha256: str | None = None, desc: str | None = None) -> str:
+    """Download url to dest, resuming a partial dest.part; check sha256 if given. Skips a good existing dest."""
+    if os.path.exists(dest) and (sha256 is None or file_sha256(dest) == sha256):
+        return dest
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    part = dest + ".part"
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            if r.status != 206:  # the server ignored the Range header: start over
+                have = 0
+            total = None if r.length is None else have + r.length
+            with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                               desc=desc or os.path.basename(dest)) as bar:
+                while chunk := r.read(1 << 20):
+                    bar.update(f.write(chunk))
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # .part is already whole (or longer than the file): fetch it again
+            os.remove(part)
+            return download_file(url, dest, sha256, desc)
+        raise UserError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+    except (OSError, HTTPException) as e:  # URLError, timeouts and disk errors are OSErrors
+        raise UserError(f"download of {url} failed ({e}); run the command again to resume") from None
+    if total is not None and os.path.getsize(part) != total:
+        raise UserError(f"download of {url} stopped at {os.path.getsize(part)} of {total} bytes; run again to resume")
+    if sha256 is not None and (digest := file_sha256(part)) != sha256:
+        os.remove(part)
+        raise UserError(f"download of {url} has sha256 {digest[:12]}…, expected {sha256[:12]}…; deleted it")
+    os.replace(part, dest)
+    return dest
