@@ -3,7 +3,6 @@ output before the last pause is ignored, and <pause> is never emitted.
 
     python sample.py --ckpt=out/pause/ckpt.pt --prompt="Question: gap 5 9 1\nAnswer:" --m_inf=10
 """
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass

@@ -19,7 +19,6 @@ Every arm of every seed is its own folder and can run as its own process; a seco
 """
 import dataclasses
 import json
-import math
 import os
 import statistics
 import time
@@ -33,12 +32,11 @@ import finetune
 import flops
 import tasks
 import train
-from checkpoint import load_checkpoint
 from config import DEVICES, UserError, check_config, opt, parse_config, run_main
 from runtime import write_json, write_text
-from experiments import report, synth
+from experiments import lab, report, synth
 from experiments.curriculum import COT_KINDS, CurriculumConfig, CurriculumData
-from experiments.study import CPU_PRETRAIN, CPU_SYNTH
+from experiments.lab import CPU_PRETRAIN, CPU_SYNTH, deeper, finished
 from model import GPTConfig
 from plots import fmt_num
 from tokenizer import from_meta, padded_vocab
@@ -83,32 +81,14 @@ def data_for(ft: finetune.FinetuneConfig):
     return CurriculumData if isinstance(ft, CurriculumConfig) else finetune.FinetuneData
 
 
-def deeper(conf: GPTConfig, prompt_len: int, target_len: int, pauses: int) -> GPTConfig:
-    """The shallowest deeper copy of conf whose inference FLOPs without pauses reach conf's with `pauses`."""
-    goal = flops.infer_flops(conf, prompt_len + pauses, target_len)
-    for n_layer in range(conf.n_layer + 1, 64):
-        deep = dataclasses.replace(conf, n_layer=n_layer)
-        if flops.infer_flops(deep, prompt_len, target_len) >= goal:
-            return deep
-    raise UserError("no depth below 64 layers matches the pause model's inference FLOPs")
-
-
 def ft_config(cfg: ComputeStudyConfig, out: str, init: str, task_file: str, seed: int, m_ft: int, iters: int,
               **kw) -> finetune.FinetuneConfig:
-    lr, bs = cfg.ft_lr, cfg.ft_batch_size
-    cls = CurriculumConfig if "cot" in kw else finetune.FinetuneConfig
-    return cls(init_from=init, task="lambada", task_file=task_file, out_dir=out, m_ft=str(m_ft), max_iters=iters,
-               batch_size=bs, learning_rate=lr, min_lr=lr / 10, warmup_iters=min(100, iters // 10),
-               eval_interval=max(1, iters // 4), seed=seed, device=cfg.device, log_interval=50,
-               **checkpoint.resume_or_restart(out), **kw)
-
-
-def done(ckpt: str, steps: int) -> bool:
-    return os.path.exists(ckpt) and load_checkpoint(ckpt)["meta"]["step"] >= steps
+    return lab.ft_config(out, init, "lambada", task_file, seed, iters, cfg.ft_batch_size, cfg.ft_lr, m_ft, cfg.device,
+                         cls=CurriculumConfig if "cot" in kw else finetune.FinetuneConfig, **kw)
 
 
 def run_ft(ft: finetune.FinetuneConfig) -> None:
-    if not done(os.path.join(ft.out_dir, "ckpt.pt"), ft.max_iters):
+    if not finished(os.path.join(ft.out_dir, "ckpt.pt"), ft.max_iters):
         finetune.main(ft, make_data=data_for(ft))
 
 
@@ -117,7 +97,7 @@ def pretrain(cfg: ComputeStudyConfig, root: str, seed: int, prepared: str, conf:
     """The checkpoint of a StdPT run of the cpu study's recipe at conf's depth (trained first if build and not done)."""
     out = os.path.join(root, f"seed{seed}", name)
     ckpt = os.path.join(out, "ckpt.pt")
-    if build and not done(ckpt, iters):
+    if build and not finished(ckpt, iters):
         overrides = {**CPU_PRETRAIN, "n_layer": conf.n_layer, "max_iters": iters}
         train.main(train.TrainConfig(**overrides, data_dir=prepared, out_dir=out, seed=seed, device=cfg.device,
                                      **checkpoint.resume_or_restart(out)))
@@ -182,16 +162,11 @@ def run_arm(cfg: ComputeStudyConfig, root: str, seed: int, arm: str, run: dict) 
 
 
 def paired(records: list[dict], arm: str, baseline: str) -> dict | None:
-    """arm minus baseline, seed by seed: mean, stderr of the mean difference, mean / stderr, wins."""
+    """arm minus baseline, seed by seed (lab.paired_stats); None where no seed has both."""
     at = {(r["arm"], r["seed"]): r["value"] for r in records}
     diffs = [at[(arm, s)] - at[(baseline, s)] for s in sorted({r["seed"] for r in records})
              if (arm, s) in at and (baseline, s) in at]
-    if not diffs:
-        return None
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-    return {"arm": arm, "vs": baseline, "n_seeds": len(diffs), "mean_diff": statistics.fmean(diffs), "stderr": se,
-            "t": statistics.fmean(diffs) / se if se > 0 else float("nan"), "wins": sum(d > 0 for d in diffs),
-            "diffs": diffs}
+    return {"arm": arm, "vs": baseline, **lab.paired_stats(diffs)} if diffs else None
 
 
 def summarize(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: list[str]) -> dict:

@@ -20,12 +20,10 @@ over seeds on the fresh test split.
     python -m experiments.equal_compute --out_dir=out/study --only_seed=0        # or one seed per process
     python -m experiments.equal_compute --out_dir=out/study --seeds=5 --aggregate
 """
-import concurrent.futures as futures
-import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
-import multiprocessing
 import os
 import random
 import time
@@ -41,23 +39,23 @@ import flops
 import metrics
 import tasks
 import train
-from checkpoint import load_checkpoint, load_model
-from config import DEVICES, UserError, check_config, opt, parse_config, run_main
+from checkpoint import load_model
+from config import DEVICES, check_config, opt, parse_config, run_main
 from runtime import setup_runtime, write_json
-from experiments import study, synth
+from experiments import lab, study, synth
+from experiments.equal_compute_report import ARMS, M_FT, PAUSE_ARM, SPLITS, report
+from experiments.lab import CPU_PRETRAIN, finished, wider
 from model import GPTConfig
+from tokenizer import from_meta, padded_vocab
 
-PAUSE_ARM, M_FT = "PausePT_PauseFT", 12
-BASELINES = ("StdFT_flops", "StdFT_orderings", "StdFT_pair", "Wide_StdFT")
-ARMS = (PAUSE_ARM, "StdPT_StdFT") + BASELINES
 STARTS_FROM = {PAUSE_ARM: "PausePT", "StdFT_flops": "StdPT", "StdFT_half_a": "StdPT", "StdFT_half_b": "StdPT",
                "StdPT_StdFT": "StdPT", "Wide_StdFT": "StdPT_wide"}
 # the order a pool starts ready stages in: pretrainings before finetunings, each kind longest first, so that the
 # work left at the end is short (evaluation) and no worker waits long for the other
 POOL_ORDER = ("StdPT_wide", "StdPT", "PausePT", "StdFT_flops", PAUSE_ARM, "Wide_StdFT", "StdFT_half_a",
               "StdFT_half_b", "StdPT_StdFT", "eval")
-SPLITS = ("val", "test", "fresh_test")
 TASK = "lambada"
+SHARED = {PAUSE_ARM: lab.arm(PAUSE_ARM, "PausePT", M_FT), "StdPT_StdFT": lab.arm("StdPT_StdFT", "StdPT", 0)}  # the study's
 STAGES = ("StdPT", "PausePT", "StdPT_wide", PAUSE_ARM, "StdFT_flops", "StdFT_half_a", "StdFT_half_b", "Wide_StdFT",
           "StdPT_StdFT", "eval")
 
@@ -105,15 +103,6 @@ def reorder(prefix: str, j: int, doc_id: int) -> str:
     if j:
         random.Random(1_000_003 * j + doc_id).shuffle(numbers)
     return " ".join([kind, *numbers])
-
-
-def wider(conf: GPTConfig, prompt_lens: list[int], pauses: int, decoded: int = 2) -> GPTConfig:
-    """The copy of conf, width a multiple of n_head, whose mean inference FLOPs without pauses come closest to
-    conf's with `pauses` (prompts of prompt_lens, `decoded` tokens: the answer word and the stop token)."""
-    cost = lambda c, m: sum(flops.infer_flops(c, p + m, decoded) for p in prompt_lens)
-    goal = cost(conf, pauses)
-    widths = range(conf.n_embd, 8 * conf.n_embd + 1, conf.n_head)
-    return min((dataclasses.replace(conf, n_embd=d) for d in widths), key=lambda c: abs(cost(c, 0) - goal))
 
 
 def matched_steps(ft: finetune.FinetuneConfig, tok, conf: GPTConfig, target: float) -> int:
@@ -180,12 +169,12 @@ def study_config(cfg: EqualComputeConfig) -> study.StudyConfig:
 
 def data_files(cfg: EqualComputeConfig, scfg: study.StudyConfig) -> dict[str, str]:
     """The study's files, and the fresh test split written once beside them (the study's lock serialises seeds)."""
-    files = study.cpu_data(scfg)
+    files = lab.cpu_data(scfg.out_dir, scfg.cpu_n, scfg.task)
     files["fresh_test"] = os.path.join(os.path.dirname(files["test"]), synth.FRESH_TEST)
     with open(os.path.join(cfg.out_dir, ".data.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.exists(files["fresh_test"]):
-            lo, hi = (int(a.split("=")[1]) for a in study.CPU_SYNTH[:2])
+            lo, hi = (int(a.split("=")[1]) for a in lab.CPU_SYNTH[:2])
             info = synth.write_fresh_test(os.path.dirname(files["test"]), cfg.n_fresh, scfg.cpu_n, lo, hi, scfg.task)
             print(f"fresh test split: {info['n']} questions, seed {info['seed']}, disjoint from {info['checked_against']}")
     return files
@@ -193,14 +182,10 @@ def data_files(cfg: EqualComputeConfig, scfg: study.StudyConfig) -> dict[str, st
 
 def ft_config(scfg: study.StudyConfig, name: str, init: str, train_file: str, seed: int, iters: int,
               batch_seed: int | None = None) -> finetune.FinetuneConfig:
-    """StdFT with the study's recipe (study.run_seed's), to `iters` steps."""
-    out = os.path.join(scfg.out_dir, f"seed{seed}", name)
-    return finetune.FinetuneConfig(
-        init_from=init, task=TASK, task_file=train_file, out_dir=out, m_ft="0", max_iters=iters,
-        batch_size=scfg.ft_batch_size, learning_rate=scfg.ft_lr, min_lr=scfg.ft_lr / 10,
-        warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4),
-        seed=seed if batch_seed is None else batch_seed, device=scfg.device, dtype=scfg.dtype,
-        log_interval=50, **checkpoint.resume_or_restart(out))
+    """StdFT with the study's recipe, to `iters` steps."""
+    return lab.ft_config(os.path.join(scfg.out_dir, f"seed{seed}", name), init, TASK, train_file,
+                         seed if batch_seed is None else batch_seed, iters, scfg.ft_batch_size, scfg.ft_lr, "0",
+                         scfg.device, scfg.dtype)
 
 
 def pause_ft_flops(scfg: study.StudyConfig, train_file: str, tok, conf: GPTConfig, seed: int) -> int:
@@ -218,10 +203,8 @@ def run_seed(cfg: EqualComputeConfig, seed: int, stages: tuple[str, ...] = STAGE
     files = data_files(cfg, scfg)
     path = lambda name: os.path.join(seed_dir(cfg, seed, name), "ckpt.pt")
     pre = {"StdPT": path("StdPT"), "PausePT": path("PausePT")}
-    shared = {v["name"]: v for v in study.variants(scfg) if v["name"] in (PAUSE_ARM, "StdPT_StdFT")}
-    from tokenizer import from_meta, padded_vocab
     tok = from_meta(json.load(open(os.path.join(files["data"], "meta.json")))["tokenizer"])
-    p = study.CPU_PRETRAIN
+    p = CPU_PRETRAIN
     conf = GPTConfig(block_size=p["block_size"], vocab_size=padded_vocab(tok.vocab_size), n_layer=p["n_layer"],
                      n_head=p["n_head"], n_embd=p["n_embd"], pause_id=tok.pause_id)
     wide = wider(conf, [len(tok.encode(e.prefix)) for e in tasks.load_task(TASK, files["train"])], M_FT)
@@ -229,18 +212,18 @@ def run_seed(cfg: EqualComputeConfig, seed: int, stages: tuple[str, ...] = STAGE
     def finetune_matched(name: str, init: str, c: GPTConfig, goal: float, batch_seed: int | None = None) -> None:
         probe = ft_config(scfg, name, init, files["train"], seed, 1, batch_seed)
         ft = ft_config(scfg, name, init, files["train"], seed, matched_steps(probe, tok, c, goal), batch_seed)
-        if not study.finished(ft.out_dir + "/ckpt.pt", ft.max_iters):
+        if not finished(ft.out_dir + "/ckpt.pt", ft.max_iters):
             finetune.main(ft)
 
     for stage in stages:
         if stage in ("StdPT", "PausePT"):
-            study.cpu_pretrain(scfg, seed, files["data"], [stage])
-        elif stage == "StdPT_wide" and not study.finished(path(stage), p["max_iters"]):
+            lab.cpu_pretrain(scfg.out_dir, seed, files["data"], stage, scfg.device, scfg.dtype)
+        elif stage == "StdPT_wide" and not finished(path(stage), p["max_iters"]):
             train.main(train.TrainConfig(**{**p, "n_embd": wide.n_embd}, data_dir=files["data"],
                                          out_dir=seed_dir(cfg, seed, stage), seed=seed, pause_frac=0.0,
                                          device=cfg.device, **checkpoint.resume_or_restart(seed_dir(cfg, seed, stage))))
-        elif stage in shared:  # trained (and evaluated on val and test) exactly as in the study
-            study.run_seed(scfg, seed, pre, files, [shared[stage]])
+        elif stage in SHARED:  # trained (and evaluated on val and test) exactly as in the study
+            lab.run_arms(scfg, seed, pre, files, [SHARED[stage]])
         elif stage in ("StdFT_flops", "StdFT_half_a", "StdFT_half_b", "Wide_StdFT"):
             goal = pause_ft_flops(scfg, files["train"], tok, conf, seed) / (2 if "half" in stage else 1)
             init = path("StdPT_wide") if stage == "Wide_StdFT" else pre["StdPT"]
@@ -264,48 +247,8 @@ def pool_plan(stages: list[str], seeds: list[int]) -> list[tuple[tuple[int, str]
     return plan
 
 
-def run_stage(cfg: EqualComputeConfig, seed: int, stage: str) -> float:
-    """One stage of one seed in a pool worker, its output to seedK/STAGE.out; returns its minutes."""
-    start = time.time()
-    os.makedirs(seed_dir(cfg, seed), exist_ok=True)
-    with open(os.path.join(seed_dir(cfg, seed), f"{stage}.out"), "w") as out, \
-            contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        run_seed(cfg, seed, (stage,))
-    return (time.time() - start) / 60
-
-
-def run_pool(cfg: EqualComputeConfig, seeds: list[int]) -> None:
-    """Every stage of `seeds` in cfg.jobs worker processes (one thread each when there are as many cores), a stage
-    started as soon as a worker is free and what it waits for is finished (pool_plan)."""
-    pending, running, done = pool_plan(cfg.stages, seeds), {}, set()
-    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
-    bar = tqdm(total=len(pending), desc="equal compute stages", dynamic_ncols=True)
-    with futures.ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        while pending or running:
-            for task, before in [t for t in pending if all(b in done for b in t[1])][: cfg.jobs - len(running)]:
-                pending.remove((task, before))
-                running[pool.submit(run_stage, cfg, *task)] = task
-            if not running:
-                raise RuntimeError(f"no stage can start: {pending}")  # pool_plan's waits are acyclic
-            finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-            for f in finished:
-                seed, stage = task = running.pop(f)
-                if f.exception():  # the other running stages end first (their runs resume where they stop)
-                    raise UserError(f"seed {seed} stage {stage} failed ({f.exception()!r}); its output is in "
-                                    f"{os.path.join(seed_dir(cfg, seed), stage + '.out')}")
-                minutes = f.result()
-                done.add(task)
-                bar.update()
-                bar.write(f"seed {seed} {stage}: {minutes:.1f} min")
-
-
-def complete(ckpt: str) -> bool:
-    """The run of this checkpoint reached its own max_iters."""
-    if not os.path.exists(ckpt):
-        return False
-    meta = load_checkpoint(ckpt)["meta"]
-    return meta["step"] >= meta["config"]["max_iters"]
+def run_stage(cfg: EqualComputeConfig, seed: int, stage: str) -> None:
+    run_seed(cfg, seed, (stage,))
 
 
 def evaluate_seed(cfg: EqualComputeConfig, seed: int, split: str, task_file: str, arms: tuple[str, ...]) -> None:
@@ -317,7 +260,7 @@ def evaluate_seed(cfg: EqualComputeConfig, seed: int, split: str, task_file: str
     runs = {"StdFT_orderings": ["StdFT_flops"], "StdFT_pair": ["StdFT_half_a", "StdFT_half_b"]}
     for arm in arms:
         path = os.path.join(seed_dir(cfg, seed, arm), f"equal_{split}.json")
-        if os.path.exists(path) or not all(complete(ckpt(r)) for r in runs.get(arm, [arm])):
+        if os.path.exists(path) or not all(finished(ckpt(r)) for r in runs.get(arm, [arm])):
             continue
         m_inf = M_FT if arm == PAUSE_ARM else 0
         if arm == "StdFT_orderings":
@@ -355,11 +298,10 @@ def orderings(cfg: EqualComputeConfig, seed: int) -> int:
 def plan(cfg: EqualComputeConfig) -> dict:
     """Each arm's planned FLOPs for seed 0 before any training: pretraining and finetuning from the ledger of
     their batches, inference per example from the val prompts with two decoded tokens (answer word, stop)."""
-    from tokenizer import from_meta, padded_vocab
     scfg = study_config(cfg)
     files = data_files(cfg, scfg)
     tok = from_meta(json.load(open(os.path.join(files["data"], "meta.json")))["tokenizer"])
-    p = study.CPU_PRETRAIN
+    p = CPU_PRETRAIN
     conf = GPTConfig(block_size=p["block_size"], vocab_size=padded_vocab(tok.vocab_size), n_layer=p["n_layer"],
                      n_head=p["n_head"], n_embd=p["n_embd"], pause_id=tok.pause_id)
     wide = wider(conf, [len(tok.encode(e.prefix)) for e in tasks.load_task(TASK, files["train"])], M_FT)
@@ -391,13 +333,13 @@ def main(cfg: EqualComputeConfig) -> None:
         plan(cfg)
         return
     if cfg.aggregate:
-        from experiments.equal_compute_report import report
         report(cfg)
         return
     seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
     if cfg.jobs > 1:
         start = time.time()
-        run_pool(cfg, seeds)
+        lab.run_pool(pool_plan(cfg.stages, seeds), functools.partial(run_stage, cfg),
+                     lambda key: os.path.join(seed_dir(cfg, key[0]), f"{key[1]}.out"), cfg.jobs, "equal compute stages")
         write_json(os.path.join(cfg.out_dir, "equal_time_pool.json"),  # this call's wall time
                    {"stages": cfg.stages, "seeds": seeds, "jobs": cfg.jobs, "start": start, "end": time.time()})
         seeds = []

@@ -2,16 +2,19 @@
 compute frontier plot (python -m experiments.equal_compute --aggregate writes them; see equal_compute.py)."""
 import glob
 import json
-import math
 import os
 import statistics
 
 import plots
 from config import UserError
 from runtime import write_json, write_text
-from experiments.equal_compute import ARMS, BASELINES, PAUSE_ARM, SPLITS
+from experiments import lab
+from experiments.lab import T_CRIT, verdict
 
-T_CRIT = 2.78  # two-sided 5 % t with 4 degrees of freedom (5 seeds), fixed before the run
+PAUSE_ARM, M_FT = "PausePT_PauseFT", 12
+BASELINES = ("StdFT_flops", "StdFT_orderings", "StdFT_pair", "Wide_StdFT")
+ARMS = (PAUSE_ARM, "StdPT_StdFT") + BASELINES
+SPLITS = ("val", "test", "fresh_test")
 
 
 def load(out_dir: str, seeds: int) -> list[dict]:
@@ -43,32 +46,16 @@ def summarise(records: list[dict]) -> list[dict]:
 
 
 def paired(records: list[dict], split: str, arm: str, base: str) -> dict:
-    """arm minus base, seed by seed, on one split: mean, std, stderr, mean/stderr and the seeds' signs."""
+    """arm minus base, seed by seed, on one split (lab.paired_stats)."""
     at = {(r["arm"], r["seed"]): r["value"] for r in records if r["split"] == split}
     diffs = [at[(arm, s)] - at[(base, s)] for s in sorted({s for _, s in at}) if (arm, s) in at and (base, s) in at]
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-    se = sd / math.sqrt(len(diffs)) if diffs else float("nan")
-    mean = statistics.fmean(diffs) if diffs else float("nan")
-    return {"arm": arm, "vs": base, "split": split, "n_seeds": len(diffs), "diffs": diffs, "mean": mean, "std": sd,
-            "stderr": se, "t": mean / se if se > 0 else float("nan"), "positive": sum(d > 0 for d in diffs),
-            "negative": sum(d < 0 for d in diffs)}
+    return {"arm": arm, "vs": base, "split": split, **lab.paired_stats(diffs)}
 
 
 def best_on_val(rows: list[dict]) -> str:
     """The no-pause arm (of BASELINES) with the highest mean val accuracy."""
     val = {r["arm"]: r["mean"] for r in rows if r["split"] == "val" and r["arm"] in BASELINES}
     return max(val, key=val.get)
-
-
-def verdict(p: dict, seeds: int = 5) -> str:
-    """The pre-registered rule: a gain only if mean/stderr > T_CRIT and every one of the seeds is positive."""
-    if p["n_seeds"] != seeds:
-        return f"no verdict: {p['n_seeds']} of {seeds} seeds finished"
-    if p["t"] > T_CRIT and p["positive"] == seeds:
-        return "gain"
-    if p["t"] < -T_CRIT and p["negative"] == seeds:
-        return "loss (the no-pause arm is better)"
-    return "no gain established"
 
 
 def table(rows: list[dict], split: str) -> list[str]:
@@ -88,8 +75,8 @@ def pair_lines(pairs: list[dict]) -> list[str]:
     lines = ["| PausePT_PauseFT minus | split | seeds | mean diff (points) | std | stderr | mean/stderr | + / − seeds |",
              "|---|---|---|---|---|---|---|---|"]
     for p in pairs:
-        lines.append(f"| {p['vs']} | {p['split']} | {p['n_seeds']} | {100 * p['mean']:+.1f} | {100 * p['std']:.1f} | "
-                     f"{100 * p['stderr']:.1f} | {p['t']:.2f} | {p['positive']} / {p['negative']} |")
+        lines.append(f"| {p['vs']} | {p['split']} | {p['n_seeds']} | {100 * p['mean_diff']:+.1f} | {100 * p['std']:.1f} | "
+                     f"{100 * p['stderr']:.1f} | {p['t']:.2f} | {p['wins']} / {p['losses']} |")
     return lines + [""]
 
 
@@ -189,8 +176,8 @@ def report(cfg) -> dict:
              f"Wall time of the recorded runs (first start to last end, over its processes or its pool): "
              f"{wall / 60:.1f} min.", "",
              f"**Primary test** (fresh test split): PausePT_PauseFT minus {best} (the best no-pause arm on val): "
-             f"{100 * primary['mean']:+.1f} points, stderr {100 * primary['stderr']:.1f}, mean/stderr "
-             f"{primary['t']:.2f} (threshold {T_CRIT}), seeds + / −: {primary['positive']} / {primary['negative']} "
+             f"{100 * primary['mean_diff']:+.1f} points, stderr {100 * primary['stderr']:.1f}, mean/stderr "
+             f"{primary['t']:.2f} (threshold {T_CRIT}), seeds + / −: {primary['wins']} / {primary['losses']} "
              f"-> **{verdict(primary, cfg.seeds)}**.", ""]
     for s in SPLITS:
         lines += table(rows, s)

@@ -11,6 +11,7 @@ import plots
 from config import UserError, run_main
 from runtime import write_json, write_text
 from plots import fmt_num
+from experiments import lab
 
 LAYOUT_NAMES = {"lambada": "LAMBADA", "gsm8k": "GSM8K"}
 
@@ -39,42 +40,6 @@ def relative_out_dir(config: dict) -> dict:
     rel = os.path.relpath(os.path.abspath(config["out_dir"])) if config.get("out_dir") else None
     keep = rel is not None and not rel.startswith("..")
     return {k: (rel if k == "out_dir" else v) for k, v in config.items() if k != "out_dir" or keep}
-
-
-def seed_work_s(out_dir: str, seeds: list[int]) -> float | None:
-    """Seconds of training and evaluation spent on these seeds, summed over the passes that did any."""
-    total, found = 0.0, False
-    for s in seeds:
-        path = os.path.join(out_dir, f"seed{s}", "time.json")
-        if os.path.exists(path):
-            total, found = total + json.load(open(path))["work_s"], True
-    return total if found else None
-
-
-def add_work_s(out_dir: str, seed: int, seconds: float) -> None:
-    path = os.path.join(out_dir, f"seed{seed}", "time.json")
-    before = json.load(open(path))["work_s"] if os.path.exists(path) else 0.0
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_json(path, {"work_s": before + seconds})
-
-
-def run_time(out_dir: str, seeds: list[int], pass_s: float, kind: str) -> dict:
-    """The run's time, kept apart from this pass's: the seeds' recorded work, else the previous summary's."""
-    work = seed_work_s(out_dir, seeds)
-    prev_path = os.path.join(out_dir, "summary.json")
-    prev = json.load(open(prev_path)).get("elapsed_s") if work is None and os.path.exists(prev_path) else None
-    source = ("training and evaluation, summed over seeds" if work is not None
-              else "from the previous summary of this run" if prev is not None else "not recorded here")
-    return {"elapsed_s": work if work is not None else prev, "elapsed_from": source, "pass_s": pass_s, "pass": kind}
-
-
-def time_line(timing: dict) -> str:
-    run = timing.get("elapsed_s")
-    src = f" ({timing['elapsed_from']})" if timing.get("elapsed_from") else ""
-    said = f"run time {run / 60:.1f} min{src}" if run is not None else "run time not recorded here"
-    if timing.get("pass", "ran") == "ran":
-        return said
-    return f"{said}; this {timing['pass']} pass took {timing['pass_s']:.1f} s"
 
 
 def split_table(agg: list[dict], runs: list[dict], split: str, metric: str, m_infs: list[int]) -> list[str]:
@@ -119,7 +84,7 @@ def summary_md(summary: dict, runs: list[dict]) -> str:
     n_seeds = len({r["seed"] for r in records})
     lines = [f"# Study: {task_title(summary['task'], cfg.get('preset', ''))}, {metric}, {n_seeds} seed(s), "
              f"M_ft = {cfg['m_ft']}", "",
-             f"Mean ± std over seeds (± stderr over the questions with one seed), in %; {time_line(summary)}.", ""]
+             f"Mean ± std over seeds (± stderr over the questions with one seed), in %; {lab.time_line(summary)}.", ""]
     for s in splits:
         lines += split_table(agg, runs, s, metric, cfg["m_inf"])
     lines += ["Bold: M_inf = M_ft, where each variant is compared. FLOPs (flops.py, mean over seeds): training is "
@@ -213,7 +178,7 @@ def compute_title(cfg: dict) -> str:
 
 
 def redraw(path: str) -> None:
-    """Redraw a finished study's figures (and rewrite its summary.md) from its summary.json."""
+    """Redraw a finished study's figures (and rewrite its summary.md) from its summary.json and the arms it records."""
     try:
         summary = json.load(open(path))
     except (OSError, json.JSONDecodeError) as e:
@@ -222,19 +187,10 @@ def redraw(path: str) -> None:
     if "experiment" in summary:  # compute_study's
         flops_figures(out_dir, summary["arms"], summary["records"], compute_title(summary["config"]))
         return
-    from experiments.study import StudyConfig, variants  # here, not above: study.py imports this module
-    known = {k: v for k, v in summary["config"].items() if k in StudyConfig.__dataclass_fields__}
-    if "filler" in summary["config"]:  # the finetuned-filler control's option before it was named finetune_filler
-        known.setdefault("finetune_filler", summary["config"]["filler"])
-    names = list(dict.fromkeys(r["variant"] for r in summary["records"]))
-    runs = [v for v in variants(StudyConfig(**known)) if v["name"] in names]
-    # an arm the options of the time made under another name: before the matched baselines, as the study lists it
-    extra = [{"name": n, "pt": n.split("_")[0], "m_ft": next(r["m_ft"] for r in summary["records"] if r["variant"] == n)}
-             for n in names if n not in {v["name"] for v in runs}]
-    cut = next((i for i, v in enumerate(runs) if "matched" in v), len(runs))
-    runs = runs[:cut] + extra + runs[cut:]
-    write_summary(out_dir, summary, runs)
-    draw(out_dir, summary, runs)
+    if "arms" not in summary:
+        raise UserError(f"{path} records no arms: it is not a study's summary.json")
+    write_summary(out_dir, summary, summary["arms"])
+    draw(out_dir, summary, summary["arms"])
     print(f"redrew {out_dir} from {path}")
 
 

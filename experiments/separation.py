@@ -41,7 +41,7 @@ import flops
 import plots
 from config import UserError, check_config, opt, parse_config, run_main
 from runtime import write_json, write_text
-from experiments.compute_study import deeper
+from experiments.lab import deeper
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
 from train import cosine_lr

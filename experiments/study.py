@@ -11,24 +11,20 @@ were carried over from earlier runs, not tuned on its val split (docs/RESULTS.md
     python -m experiments.study --task=gsm8k --std_ckpt=out/std/ckpt.pt --pause_ckpt=out/pause/ckpt.pt --m_ft=10
 """
 import dataclasses
-import fcntl
-import json
+import functools
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 
-import checkpoint
-import data
-import eval as evaluation
 import finetune
-import flops
 import tasks
 import train
-from checkpoint import load_checkpoint
-from config import DEVICES, DTYPES, UserError, check_config, load_toml, opt, parse_config, run_main
-from experiments import report, synth
+from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
+from experiments import lab, report, synth
+from experiments.lab import arm
 
 VARIANTS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
 BASELINE = "StdPT_StdFT"
@@ -41,9 +37,6 @@ SPLITS = ("val", "test")
 CPU_PRESET = {"task": "lambada", "m_ft": 12, "m_inf": [0, 3, 6, 12, 18, 24], "finetune_filler": "\\n",
               "inference_filler": ".", "compute_matched": True, "ft_iters": 2500, "ft_batch_size": 64, "ft_lr": 1e-3,
               "max_examples": 1000}
-CPU_SYNTH = ["--lo=0", "--hi=64", "--n_train=20000", "--n_val=1000", "--n_test=1000", "--corpus_docs=2000"]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CPU_PRETRAIN = load_toml(train.TrainConfig, os.path.join(REPO, "config", "tiny.toml"))
 
 
 @dataclass
@@ -74,8 +67,10 @@ class StudyConfig:
                      ge=1)
     only_seed: int = opt(-1, "run only this seed and write no summary (parallel runs; then --seeds=N reuses them)", ge=-1)
     arms: list[str] = opt([], "run only these arms (e.g. PausePT_PauseFT_rope); the others are left as they are")
-    aggregate_only: bool = opt(False, "train and evaluate nothing: summarise the results files already in out_dir "
-                                      "(e.g. copied from another machine without checkpoints); arms without one are left out")
+    aggregate: bool = opt(False, "train and evaluate nothing: summarise the results files already in out_dir "
+                                 "(e.g. copied from another machine without checkpoints); arms without one are left out")
+    jobs: int = opt(1, "worker processes, each on cores/jobs threads: pretrainings first, then every arm as soon "
+                       "as its pretraining is finished (one bar for the whole study, with its ETA)", ge=1)
     ft_iters: int = opt(1000, "finetuning steps", ge=1)
     ft_batch_size: int = opt(16, "finetuning batch size", ge=1)
     ft_lr: float = opt(1e-4, "finetuning peak learning rate", gt=0, le=train.MAX_LR)
@@ -102,145 +97,29 @@ def apply_preset(cfg: StudyConfig, argv: list[str]) -> StudyConfig:
     return cfg
 
 
-def cpu_data(cfg: StudyConfig) -> dict[str, str]:
-    """Generate the synthetic task and corpus and prepare the corpus, once (a lock serialises parallel seeds)."""
-    raw, prepared = os.path.join(cfg.out_dir, "synth"), os.path.join(cfg.out_dir, "data")
-    n_lo, n_hi = synth.n_range_of(cfg.cpu_n)
-    with open(os.path.join(cfg.out_dir, ".data.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(os.path.join(raw, "test.jsonl")):
-            synth.main(CPU_SYNTH + [f"--n={n_lo},{n_hi}", f"--corpus_n=4,{max(n_hi, 12)}", f"--layout={cfg.task}",
-                                    f"--out_dir={raw}"])
-        # always: prepare is resumable and skips verified shards, so an interrupted one is finished here
-        data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
-                                        val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
-                                        tokenizer="word", workers=1))
-    return {"data": prepared, **{s: os.path.join(raw, f"{s}.jsonl") for s in ("train", "val", "test")}}
-
-
-def cpu_pretrain(cfg: StudyConfig, seed: int, prepared: str, names: list[str]) -> dict[str, str]:
-    """Pretrain each of `names` (StdPT, PausePT, and with --rope StdPT_rope, PausePT_rope) for this seed."""
-    ckpts = {}
-    for name in names:
-        out = os.path.join(cfg.out_dir, f"seed{seed}", name)
-        ckpts[name] = os.path.join(out, "ckpt.pt")
-        if not finished(ckpts[name], CPU_PRETRAIN["max_iters"]):
-            rope = {"pos": "rope"} if name.endswith("_rope") else {}
-            train.main(train.TrainConfig(**CPU_PRETRAIN, **rope, data_dir=prepared, out_dir=out, seed=seed,
-                                         pause_frac=0.1 if name.startswith("PausePT") else 0.0,
-                                         device=cfg.device, dtype=cfg.dtype,
-                                         **checkpoint.resume_or_restart(out)))
-    return ckpts
-
-
-def finished(ckpt: str, steps: int) -> bool:
-    return os.path.exists(ckpt) and load_checkpoint(ckpt)["meta"]["step"] >= steps
-
-
 def variants(cfg: StudyConfig) -> list[dict]:
-    """Every arm: name, pretraining, `m_ft` (the M_inf it is compared at), and its finetuning options:
-    `ft_m` (M_ft or a lo:hi range), filler, prepend, `matched` (pauses per example to match in tokens);
-    an arm with a `source` is not trained: it evaluates that arm's checkpoint with `eval_filler`."""
-    runs = [{"name": n, "pt": n.split("_")[0], "m_ft": cfg.m_ft if n.endswith("PauseFT") else 0} for n in VARIANTS]
-    runs += [{"name": f"PausePT_PauseFT_mft{m}", "pt": "PausePT", "m_ft": m} for m in cfg.extra_m_ft]
+    """Every arm (lab.arm): the four variants, then the ablations and controls the options ask for."""
+    runs = [arm(n, n.split("_")[0], cfg.m_ft if n.endswith("PauseFT") else 0) for n in VARIANTS]
+    runs += [arm(f"PausePT_PauseFT_mft{m}", "PausePT", m) for m in cfg.extra_m_ft]
     if cfg.random_m_ft:
         lo, hi = finetune.parse_m_ft(cfg.random_m_ft)
-        runs += [{"name": f"{pt}_PauseFT_rand", "pt": pt, "m_ft": cfg.m_ft, "ft_m": f"{lo}:{hi}",
-                  "pauses": (lo + hi) / 2} for pt in ("StdPT", "PausePT")]
+        runs += [arm(f"{pt}_PauseFT_rand", pt, cfg.m_ft, ft_m=f"{lo}:{hi}", pauses=(lo + hi) / 2)
+                 for pt in ("StdPT", "PausePT")]
     if cfg.finetune_filler:
-        runs.append({"name": "StdPT_FillerFT", "pt": "StdPT", "m_ft": cfg.m_ft, "filler": cfg.finetune_filler})
+        runs.append(arm("StdPT_FillerFT", "StdPT", cfg.m_ft, filler=cfg.finetune_filler))
     if cfg.inference_filler:
-        runs += [{"name": f"{src}_InfFiller", "pt": src.split("_")[0], "m_ft": cfg.m_ft, "source": src,
-                  "eval_filler": cfg.inference_filler} for src in ("StdPT_StdFT", "PausePT_PauseFT")]
+        runs += [arm(f"{src}_InfFiller", src.split("_")[0], cfg.m_ft, source=src, eval_filler=cfg.inference_filler)
+                 for src in ("StdPT_StdFT", "PausePT_PauseFT")]
     if cfg.prepend:
-        runs.append({"name": "PausePT_PauseFT_prepend", "pt": "PausePT", "m_ft": cfg.m_ft, "prepend": True})
+        runs.append(arm("PausePT_PauseFT_prepend", "PausePT", cfg.m_ft, prepend=True))
     if cfg.compute_matched:  # one baseline per mean number of pauses among the pause arms
         for pauses in sorted({r.get("pauses", r["m_ft"]) for r in runs if r["m_ft"] and "source" not in r}):
             name = MATCHED if pauses == cfg.m_ft else f"{MATCHED}_m{pauses:g}"
-            runs.append({"name": name, "pt": "StdPT", "m_ft": 0, "matched": pauses})
+            runs.append(arm(name, "StdPT", 0, matched=pauses))
     if cfg.rope:
         keep = {"StdPT_StdFT", "StdPT_PauseFT", "PausePT_PauseFT", MATCHED}
         runs += [{**r, "name": r["name"] + "_rope", "pt": r["pt"] + "_rope"} for r in runs if r["name"] in keep]
     return runs
-
-
-def matched_iters(cfg: StudyConfig, train_file: str, ckpt: str, pauses: float) -> int:
-    """StdFT steps that feed the model as many input tokens as PauseFT's ft_iters steps with `pauses` pauses
-    per example (mean): ft_iters × Σ(prefix + pauses + target) / Σ(prefix + target) over the training file.
-    An input is [prefix, pauses, target] (the closing EOT is only a target); padding is left out."""
-    from tokenizer import from_meta
-    tok = from_meta(load_checkpoint(ckpt)["meta"]["tokenizer"])
-    examples = tasks.load_task(cfg.task, train_file)
-    n_std = sum(len(tok.encode(e.prefix)) + len(tok.encode(e.target)) for e in examples)
-    return round(cfg.ft_iters * (n_std + pauses * len(examples)) / n_std)
-
-
-def run_seed(cfg: StudyConfig, seed: int, pre: dict[str, str], files: dict[str, str],
-             runs: list[dict] | None = None) -> list[dict]:
-    """Finetune and evaluate every arm (of `runs`) for one seed on every split; finished runs and results are reused."""
-    records = []
-    for v in runs or variants(cfg):
-        ckpt = os.path.join(cfg.out_dir, f"seed{seed}", v.get("source", v["name"]), "ckpt.pt")
-        iters = cfg.ft_iters
-        if cfg.aggregate_only:
-            records += saved_records(cfg, seed, v)
-            continue
-        if "matched" in v:
-            iters = matched_iters(cfg, files["train"], pre[v["pt"]], v["matched"])
-        if "source" not in v and not finished(ckpt, iters):
-            finetune.main(finetune.FinetuneConfig(
-                init_from=pre[v["pt"]], task=cfg.task, task_file=files["train"], out_dir=os.path.dirname(ckpt),
-                m_ft=str(v.get("ft_m", v["m_ft"])), filler=v.get("filler", ""), prepend=v.get("prepend", False),
-                max_iters=iters, batch_size=cfg.ft_batch_size, learning_rate=cfg.ft_lr, min_lr=cfg.ft_lr / 10,
-                warmup_iters=min(100, iters // 10), eval_interval=max(1, iters // 4), seed=seed,
-                device=cfg.device, dtype=cfg.dtype,
-                **checkpoint.resume_or_restart(os.path.dirname(ckpt)), log_interval=50))
-        for split in SPLITS:
-            if not files.get(split):
-                continue
-            res_path = os.path.join(cfg.out_dir, f"seed{seed}", v["name"], f"results_{split}.json")
-            if os.path.exists(res_path):
-                res = json.load(open(res_path))
-            else:
-                os.makedirs(os.path.dirname(res_path), exist_ok=True)
-                res = evaluation.main(evaluation.EvalConfig(
-                    ckpt=ckpt, task=cfg.task, task_file=files[split], m_inf=cfg.m_inf, max_examples=cfg.max_examples,
-                    filler=v.get("eval_filler", ""), batch_size=cfg.eval_batch_size, out=res_path,
-                    device=cfg.device, dtype=cfg.dtype))
-            records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
-                         "seed": seed, "split": split, "ft_iters": iters,
-                         **ledger_fields(os.path.join(os.path.dirname(ckpt), "log.jsonl"),
-                                         os.path.join(os.path.dirname(pre[v["pt"]]), "log.jsonl"))} for r in res]
-    return records
-
-
-def ledger_fields(ft_log: str, pt_log: str) -> dict:
-    """An arm's training FLOPs (its pretraining's + its finetuning's, from the ledgers in their logs) and its
-    finetuning tokens, real / pause / pad; nothing for runs logged before the ledger existed."""
-    ft = flops.run_totals(ft_log) if os.path.exists(ft_log) else {}
-    if not ft.get("train_flops"):
-        return {}
-    pt = flops.run_totals(pt_log) if os.path.exists(pt_log) else {}
-    return {"train_flops": ft["train_flops"] + pt.get("train_flops", 0), "ft_flops": ft["train_flops"],
-            **{f"ft_{k}": ft[k] for k in ("real_tokens", "pause_tokens", "pad_tokens")}}
-
-
-def saved_records(cfg: StudyConfig, seed: int, v: dict) -> list[dict]:
-    """An arm's records from its results files alone, its steps from its training log (--aggregate_only)."""
-    run = os.path.join(cfg.out_dir, f"seed{seed}", v.get("source", v["name"]))
-    if not os.path.exists(os.path.join(run, "log.jsonl")):
-        return []
-    with open(os.path.join(run, "log.jsonl")) as f:
-        iters = max(r.get("step", 0) for r in map(json.loads, f))
-    records = []
-    for split in SPLITS:
-        path = os.path.join(cfg.out_dir, f"seed{seed}", v["name"], f"results_{split}.json")
-        if os.path.exists(path):
-            cost = ledger_fields(os.path.join(run, "log.jsonl"),
-                                 os.path.join(cfg.out_dir, f"seed{seed}", v["pt"], "log.jsonl"))
-            records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
-                         "seed": seed, "split": split, "ft_iters": iters, **cost} for r in json.load(open(path))]
-    return records
 
 
 def aggregate(records: list[dict]) -> list[dict]:
@@ -271,13 +150,9 @@ def paired(records: list[dict], metric: str, m_inf_of: dict[str, int], baseline:
     out = []
     for v in m_inf_of:
         diffs = [at[(v, s)] - at[(baseline, s)] for s in seeds if (v, s) in at and (baseline, s) in at]
-        if v == baseline or not diffs:
-            continue
-        sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-        se = sd / math.sqrt(len(diffs))
-        out.append({"variant": v, "vs": baseline, "metric": metric, "n_seeds": len(diffs), "mean_diff": statistics.fmean(diffs),
-                    "std": sd, "stderr": se, "t": statistics.fmean(diffs) / se if se > 0 else float("nan"),
-                    "wins": sum(d > 0 for d in diffs), "diffs": diffs, "m_inf": m_inf_of[v], "vs_m_inf": m_inf_of[baseline]})
+        if v != baseline and diffs:
+            out.append({"variant": v, "vs": baseline, "metric": metric, **lab.paired_stats(diffs),
+                        "m_inf": m_inf_of[v], "vs_m_inf": m_inf_of[baseline]})
     return out
 
 
@@ -310,11 +185,12 @@ def summarise(cfg: StudyConfig, records: list[dict], runs: list[dict], timing: d
     pairs = {s: comparisons([r for r in records if r.get("split", "test") == s], metric, runs, cfg.m_inf) for s in splits}
     summary = {"task": cfg.task, "metric": metric, "config": dataclasses.asdict(cfg), **timing,
                "aggregated": aggregate(records), "paired": pairs.get("test", []), "paired_by_split": pairs,
-               "records": report.annotate(records, runs)}
+               "arms": runs, "records": report.annotate(records, runs)}
     return report.write_summary(cfg.out_dir, summary, runs)
 
 
 def main(cfg: StudyConfig) -> None:
+    """Every arm of every seed (in a pool with --jobs), then summary.md/json and the figures."""
     t0 = time.time()
     check_config(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -329,39 +205,71 @@ def main(cfg: StudyConfig) -> None:
     if cfg.arms:
         sources = {a.get("source") for a in runs if a["name"] in cfg.arms}  # an evaluation-only arm needs its source
         runs = [v for v in runs if v["name"] in cfg.arms or v["name"] in sources]
-    seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
-    records, logs, worked = [], {}, False
-    for seed in seeds:
+    seeds, worked = lab.seeds_of(cfg), False
+    if cfg.jobs > 1 and not cfg.aggregate:
+        before, start = sum(map(lambda s: n_results(cfg, s), seeds)), time.time()
+        lab.run_pool(pool_plan(cfg, runs, seeds), functools.partial(run_stage, cfg),
+                     lambda key: os.path.join(cfg.out_dir, f"seed{key[0]}", f"{key[1]}.out"), cfg.jobs, "study runs")
+        worked = sum(map(lambda s: n_results(cfg, s), seeds)) > before
+        for seed in seeds if worked else []:  # the pool's wall time, shared out: summed over seeds it is the run's
+            lab.add_work_s(cfg.out_dir, seed, (time.time() - start) / len(seeds))
+    records = []
+    for seed in seeds:  # with a pool, everything is finished: this reads the records
         t_seed, before = time.time(), n_results(cfg, seed)
-        if cfg.aggregate_only:
-            pre, files = {}, {}
-        elif cfg.preset == "cpu":
-            files = cpu_data(cfg)
-            pre = cpu_pretrain(cfg, seed, files["data"], sorted({v["pt"] for v in runs}))
-        else:
-            pre = {"StdPT": cfg.std_ckpt, "PausePT": cfg.pause_ckpt}
-            files = {"train": cfg.task_train or tasks.default_path(cfg.task, "train"), "val": cfg.task_val,
-                     "test": cfg.task_eval or tasks.default_path(cfg.task, "eval")}
-        records += run_seed(cfg, seed, pre, files, runs)
+        records += lab.run_arms(cfg, seed, *pretrainings_and_files(cfg, seed, runs), runs)
         if n_results(cfg, seed) > before:  # this pass trained or evaluated something: its time is the run's
-            report.add_work_s(cfg.out_dir, seed, time.time() - t_seed)
+            lab.add_work_s(cfg.out_dir, seed, time.time() - t_seed)
             worked = True
-        if seed == 0:
-            logs = {name: os.path.join(cfg.out_dir, "seed0", name, "log.jsonl") for name in ("StdPT", "PausePT")}
-            if cfg.preset != "cpu" and not cfg.aggregate_only:
-                logs = {name: os.path.join(os.path.dirname(pre[name]), "log.jsonl") for name in ("StdPT", "PausePT")}
-            logs |= {v["name"]: os.path.join(cfg.out_dir, "seed0", v["name"], "log.jsonl") for v in runs}
     if cfg.only_seed >= 0:
         print(f"seed {cfg.only_seed} done in {(time.time() - t0) / 60:.1f} min; --seeds=N writes the summary")
         return
-    if cfg.aggregate_only:
+    if cfg.aggregate:
         runs = [v for v in runs if any(r["variant"] == v["name"] for r in records)]
         if not runs:
             raise UserError(f"no results files under {cfg.out_dir}/seed*/ to summarise")
-    kind = "aggregate-only" if cfg.aggregate_only else "ran" if worked else "reuse"
-    summary = summarise(cfg, records, runs, report.run_time(cfg.out_dir, seeds, time.time() - t0, kind))
+    kind = "aggregate-only" if cfg.aggregate else "ran" if worked else "reuse"
+    summary = summarise(cfg, records, runs, lab.run_time(cfg.out_dir, seeds, time.time() - t0, kind))
+    pre = pretrainings_and_files(cfg, 0, runs)[0] if 0 in seeds and cfg.preset != "cpu" and not cfg.aggregate else {}
+    logs = {name: os.path.join(os.path.dirname(pre[name]) if pre else os.path.join(cfg.out_dir, "seed0", name),
+                               "log.jsonl") for name in ("StdPT", "PausePT")}
+    logs |= {v["name"]: os.path.join(cfg.out_dir, "seed0", v["name"], "log.jsonl") for v in runs}
     report.draw(cfg.out_dir, summary, runs, logs)
-    print(f"study written to {cfg.out_dir}; {report.time_line(summary)}")
+    print(f"study written to {cfg.out_dir}; {lab.time_line(summary)}")
+
+
+def pretrainings_and_files(cfg: StudyConfig, seed: int, runs: list[dict]) -> tuple[dict, dict]:
+    """The checkpoints the arms start from (the cpu preset's pretrained first if they are not yet) and the task
+    files; nothing with --aggregate."""
+    if cfg.aggregate:
+        return {}, {}
+    if cfg.preset != "cpu":
+        return {"StdPT": cfg.std_ckpt, "PausePT": cfg.pause_ckpt}, {
+            "train": cfg.task_train or tasks.default_path(cfg.task, "train"), "val": cfg.task_val,
+            "test": cfg.task_eval or tasks.default_path(cfg.task, "eval")}
+    files = lab.cpu_data(cfg.out_dir, cfg.cpu_n, cfg.task)
+    return {pt: lab.cpu_pretrain(cfg.out_dir, seed, files["data"], pt, cfg.device, cfg.dtype)
+            for pt in sorted({v["pt"] for v in runs})}, files
+
+
+def pool_plan(cfg: StudyConfig, runs: list[dict], seeds: list[int]) -> list[tuple[tuple, list[tuple]]]:
+    """((seed, name), the keys it waits for) for the pool: every pretraining, then the arms longest first (compute-matched
+    ones run more steps), each after its pretraining (an evaluation-only arm after its source)."""
+    pts = sorted({v["pt"] for v in runs}) if cfg.preset == "cpu" else []
+    plan = [((seed, pt), []) for pt in pts for seed in seeds]
+    for v in sorted(runs, key=lambda v: ("source" in v, "matched" not in v)):
+        for seed in seeds:
+            waits = [(seed, v["source"])] if "source" in v else [(seed, v["pt"])] if v["pt"] in pts else []
+            plan.append(((seed, v["name"]), waits))
+    return plan
+
+
+def run_stage(cfg: StudyConfig, seed: int, name: str) -> None:
+    """One pretraining or one arm (finetuned, then evaluated on every split) of one seed, in a pool worker."""
+    runs = variants(cfg)
+    chosen = [v for v in runs if v["name"] == name]
+    pre, files = pretrainings_and_files(cfg, seed, chosen or [arm(name, name, 0)])
+    if chosen:
+        lab.run_arms(cfg, seed, pre, files, chosen)
 
 
 def n_results(cfg: StudyConfig, seed: int) -> int:
@@ -371,7 +279,6 @@ def n_results(cfg: StudyConfig, seed: int) -> int:
 
 
 def cli() -> None:
-    import sys
     cfg = parse_config(StudyConfig, prog="python -m experiments.study")
     main(apply_preset(cfg, sys.argv[1:]))
 

@@ -9,7 +9,7 @@ import torch
 
 import flops
 from config import UserError
-from experiments import compute_study, separation as sep
+from experiments import lab, separation as sep
 from model import GPTConfig
 
 ANS = {"even": sep.ID["even"], "odd": sep.ID["odd"]}
@@ -118,14 +118,14 @@ def test_each_arm_carries_the_ledger_flops():
     conf = sep.model_config(cfg, n, "Pause")
     pause_step = flops.train_flops(conf, 4, 2 * n + 1)
     deep = sep.model_config(cfg, n, "Deep_NoPause")
-    assert deep == compute_study.deeper(conf, n + 1, 1, n) and deep.n_layer > conf.n_layer
+    assert deep == lab.deeper(conf, n + 1, 1, n) and deep.n_layer > conf.n_layer
     assert sep.steps_for(cfg, n, "Deep_NoPause") == round(10 * pause_step / flops.train_flops(deep, 4, n + 1))
     assert sep.seq_len(n, "NoPause") == n + 1 and sep.seq_len(n, "CoT") == 2 * n
 
 
 def test_deeper_is_the_shallowest_depth_reaching_the_pause_models_inference_flops():
     conf = GPTConfig(block_size=64, vocab_size=16, n_layer=2, n_head=2, n_embd=8, pause_id=15)
-    deep = compute_study.deeper(conf, 10, 2, 10)
+    deep = lab.deeper(conf, 10, 2, 10)
     goal = flops.infer_flops(conf, 20, 2)
     assert flops.infer_flops(deep, 10, 2) >= goal
     assert flops.infer_flops(GPTConfig(**{**deep.__dict__, "n_layer": deep.n_layer - 1}), 10, 2) < goal

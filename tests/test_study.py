@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from experiments import study
+from checkpoint import load_checkpoint
+from experiments import lab, study
 
 
 def rec(variant, seed, m_inf, value, metric="em"):
@@ -53,10 +54,10 @@ def test_aggregate_means_over_seeds_with_their_standard_error():
 
 def tiny_cpu_preset(monkeypatch, n_train: int, n_held_out: int, docs: int, pt_iters: int) -> None:
     """The cpu preset shrunk to seconds: a small synthetic task and corpus, a 1-layer 16-wide model."""
-    monkeypatch.setattr(study, "CPU_SYNTH", ["--lo=0", "--hi=16", f"--n_train={n_train}", f"--n_val={n_held_out}",
+    monkeypatch.setattr(lab, "CPU_SYNTH", ["--lo=0", "--hi=16", f"--n_train={n_train}", f"--n_val={n_held_out}",
                                              f"--n_test={n_held_out}", f"--corpus_docs={docs}",
                                              f"--val_docs={docs // 4}", "--problems_per_doc=16"])
-    monkeypatch.setattr(study, "CPU_PRETRAIN", {**study.CPU_PRETRAIN, "n_layer": 1, "n_embd": 16, "n_head": 2,
+    monkeypatch.setattr(lab, "CPU_PRETRAIN", {**lab.CPU_PRETRAIN, "n_layer": 1, "n_embd": 16, "n_head": 2,
                                                 "block_size": 48, "batch_size": 8, "max_iters": pt_iters,
                                                 "eval_interval": 3, "eval_iters": 1, "warmup_iters": 1})
 
@@ -124,11 +125,11 @@ def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, 
             "--random_m_ft=0:4", "--rope"]
     cfg = study.apply_preset(study.parse_config(study.StudyConfig, argv), argv)
     study.main(dataclasses.replace(cfg, only_seed=1))
-    rope = study.load_checkpoint(str(tmp_path / "seed1" / "PausePT_PauseFT_rope" / "ckpt.pt"))["meta"]
+    rope = load_checkpoint(str(tmp_path / "seed1" / "PausePT_PauseFT_rope" / "ckpt.pt"))["meta"]
     assert rope["model"]["pos"] == "rope" and rope["pretrain_pause_frac"] == 0.1
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "seed0").exists()
     ckpt = tmp_path / "seed1" / "PausePT_PauseFT_rand" / "ckpt.pt"
-    meta = study.load_checkpoint(str(ckpt))["meta"]
+    meta = load_checkpoint(str(ckpt))["meta"]
     assert meta["m_ft_range"] == [0, 4] and meta["m_ft"] == 4
     mtime = os.path.getmtime(ckpt)
     study.main(dataclasses.replace(cfg, seeds=2))
@@ -138,7 +139,7 @@ def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, 
     for p in tmp_path.glob("seed*/*/ckpt.pt"):
         p.unlink()
     run_s = json.load(open(tmp_path / "summary.json"))["elapsed_s"]
-    study.main(dataclasses.replace(cfg, seeds=2, aggregate_only=True))
+    study.main(dataclasses.replace(cfg, seeds=2, aggregate=True))
     after = json.load(open(tmp_path / "summary.json"))
     assert after["records"] == before and not list(tmp_path.glob("seed*/*/ckpt.pt"))
     assert after["elapsed_s"] == run_s and after["pass"] == "aggregate-only"  # both seeds' work, kept
@@ -156,7 +157,7 @@ def test_matched_steps_follow_the_stated_formula(tmp_path):
     torch.save({"model": {}, "meta": {"tokenizer": tok.meta()}}, ckpt)
     cfg = study.StudyConfig(task="lambada", ft_iters=1000)
     # inputs: prefixes of 4 and 6 tokens, targets of 1: Σ = 12 without pauses, 12 + 2 × 12 = 36 with 12 each
-    assert study.matched_iters(cfg, str(path), str(ckpt), 12) == 3000
+    assert lab.matched_iters(cfg, str(path), str(ckpt), 12) == 3000
 
 
 def test_one_seed_summary_prints_a_dash_where_a_spread_is_undefined():

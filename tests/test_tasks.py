@@ -1,7 +1,6 @@
 """tasks.py: each loader on a tiny file in its task's official format, the metrics, the errors."""
 import bz2
 import json
-import sys
 import types
 
 import pytest
