@@ -78,7 +78,7 @@ def spread(times: list[float]) -> str:
     return f"{1e3 * statistics.median(times):.1f} ms ({1e3 * min(times):.1f}-{1e3 * max(times):.1f})"
 
 
-def model_config(tc: TrainConfig) -> GPTConfig:
+def gpt_config_of(tc: TrainConfig) -> GPTConfig:
     return GPTConfig(block_size=tc.block_size, vocab_size=padded_vocab(VOCAB), n_layer=tc.n_layer, n_head=tc.n_head,
                      n_embd=tc.n_embd, mlp_hidden=tc.mlp_hidden, pause_id=GPT2_PAUSE, pos=tc.pos)
 
@@ -113,7 +113,7 @@ def compare_checkouts(cfg: BenchConfig, tc: TrainConfig, rt) -> dict[str, dict]:
     (this, other, other, this, ...), and the losses of their 20 steps from the same seed."""
     if not os.path.isfile(os.path.join(cfg.compare_to, "model.py")):
         raise UserError(f"--compare_to={cfg.compare_to}: no model.py there")
-    args = json.dumps({"model": dataclasses.asdict(model_config(tc)), "device": str(rt.device), "seed": cfg.seed,
+    args = json.dumps({"model": dataclasses.asdict(gpt_config_of(tc)), "device": str(rt.device), "seed": cfg.seed,
                        "weight_decay": tc.weight_decay, "lr": tc.learning_rate, "vocab": VOCAB,
                        "batch": tc.batch_size, "block": tc.block_size, "steps": 20})
     here = os.path.dirname(os.path.abspath(__file__))
@@ -138,7 +138,7 @@ def bench_training(cfg: BenchConfig, tc: TrainConfig, rt, data_dir: str) -> dict
     runs = {}
     for name, frac in (("StdPT", 0.0), ("PausePT", 0.1)):
         torch.manual_seed(cfg.seed)
-        model = GPT(model_config(tc)).to(rt.device)
+        model = GPT(gpt_config_of(tc)).to(rt.device)
         runs[name] = {"model": model, "opt": model.configure_optimizers(tc.weight_decay, tc.learning_rate, (tc.beta1, tc.beta2), rt.device.type), "losses": [], "times": [],
                       "step": torch.compile(model) if cfg.compile else model,
                       "data": PretrainData(data_dir, tc.block_size, tc.batch_size, frac, cfg.seed)}
@@ -190,7 +190,7 @@ def bench_decoding(cfg: BenchConfig, tc: TrainConfig, rt) -> dict:
     """One row: tokens/s with and without the KV cache, time to the first answer token; batched evaluation:
     examples/s of greedy answers (16 tokens) for M_inf in 0, 5, 10, rows of similar length batched together."""
     torch.manual_seed(cfg.seed)
-    model = GPT(model_config(tc)).to(rt.device).eval()
+    model = GPT(gpt_config_of(tc)).to(rt.device).eval()
     if rt.device.type == "cpu":
         model.column_major_()  # as checkpoint.load_model does
     rng = np.random.default_rng(cfg.seed)
@@ -227,7 +227,7 @@ def main(cfg: BenchConfig) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = random_data_dir(tmp, max(1 << 20, 4 * tc.batch_size * (tc.block_size + 1)), cfg.seed)
         runs = bench_training(cfg, tc, rt, data_dir)
-    step_flops = flops.train_flops(model_config(tc), tc.batch_size, tc.block_size)
+    step_flops = flops.train_flops(gpt_config_of(tc), tc.batch_size, tc.block_size)
     rows = tc.batch_size * tc.block_size
     for name, r in runs.items():
         med = statistics.median(r["times"])

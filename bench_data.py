@@ -22,7 +22,7 @@ from config import check_config, opt, parse_config, run_main
 
 
 @dataclasses.dataclass
-class BenchConfig:
+class DataBenchConfig:
     """Benchmark data.py prepare and PretrainData.batch on a generated corpus."""
     mb: float = opt(20.0, "corpus size in MB of document text", gt=0)
     files: int = opt(4, "number of json.gz input files", ge=1)
@@ -47,7 +47,7 @@ def write_corpus(dir: str, mb: float, n_files: int) -> list[str]:
     return paths
 
 
-def main(cfg: BenchConfig) -> None:
+def main(cfg: DataBenchConfig) -> None:
     check_config(cfg)
     tmp = tempfile.mkdtemp(prefix="bench_data_")
     try:
@@ -73,4 +73,4 @@ def main(cfg: BenchConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(parse_config(BenchConfig, prog="bench_data.py")))
+    run_main(lambda: main(parse_config(DataBenchConfig, prog="bench_data.py")))

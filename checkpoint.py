@@ -85,7 +85,7 @@ def read_meta(path: str) -> dict:
     return ckpt["meta"]
 
 
-def model_config(path: str, saved: dict) -> GPTConfig:
+def checked_model_config(path: str, saved: dict) -> GPTConfig:
     """The GPTConfig a checkpoint's meta records, checked key by key (a key it lacks keeps its default)."""
     fields = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
     for key, value in saved.items():
@@ -103,7 +103,7 @@ def load_model(path: str, device, bpe_file: str | None = None) -> tuple[GPT, obj
     meta = ckpt["meta"]
     if "model" not in meta or "tokenizer" not in meta:
         raise UserError(f"checkpoint {path} has no model config or tokenizer in its meta")
-    tok_meta, conf = meta["tokenizer"], model_config(path, meta["model"])
+    tok_meta, conf = meta["tokenizer"], checked_model_config(path, meta["model"])
     if conf.vocab_size < tok_meta["vocab_size"] or conf.pause_id != tok_meta["pause_id"]:
         raise UserError(f"checkpoint {path}: its model (vocab {conf.vocab_size}, pause id {conf.pause_id}) does not "
                         f"fit its tokenizer (vocab {tok_meta['vocab_size']}, pause id {tok_meta['pause_id']})")
@@ -215,7 +215,7 @@ def open_run(cfg, rt, gpt_config: GPTConfig) -> tuple[GPT, torch.optim.Optimizer
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, rt.device)
         meta = ckpt["meta"]
-        if {**dataclasses.asdict(GPTConfig()), **meta.get("model", {})} != dataclasses.asdict(gpt_config):
+        if checked_model_config(ckpt_path, meta.get("model", {})) != gpt_config:
             raise UserError(f"{ckpt_path} holds a model of another config {meta.get('model')}; "
                             "resume with the same model options")
         if type(meta.get("step")) is not int or not isinstance(meta.get("rng"), dict) or not ckpt.get("optimizer"):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import tasks
-from checkpoint import load_checkpoint, model_config, open_run, own_out_dir, pretrain_pause_frac, read_meta
+from checkpoint import checked_model_config, load_checkpoint, open_run, own_out_dir, pretrain_pause_frac, read_meta
 from config import UserError, check_config, opt, parse_config, run_main
 from pause import IGNORE, assemble
 from runtime import setup_runtime, teardown
@@ -136,7 +136,7 @@ def main(cfg: FinetuneConfig, make_data=None) -> None:
         with own_out_dir(cfg, rt):  # before the model and the task are loaded
             pre = read_meta(cfg.init_from)
             tok = from_meta(pre["tokenizer"], cfg.bpe_file or None)
-            gpt_config = dataclasses.replace(model_config(cfg.init_from, pre["model"]), dropout=cfg.dropout)
+            gpt_config = dataclasses.replace(checked_model_config(cfg.init_from, pre["model"]), dropout=cfg.dropout)
             data = (make_data or FinetuneData)(cfg, tok, gpt_config.block_size)
             model, optimizer, step, log = open_run(cfg, rt, gpt_config)
             if not cfg.resume:  # start from the pretrained weights (the optimizer starts afresh)

@@ -16,6 +16,7 @@ import torch
 
 PAUSE = "<pause>"
 IGNORE = -1  # a target the loss skips (F.cross_entropy's ignore_index)
+VARIANTS = ["StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT"]  # pretraining x finetuning
 
 
 # ----------------------------------------------------------------------------- pretraining

@@ -21,9 +21,9 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
 from config import UserError, config_help, opt, parse_config, run_main  # noqa: E402
+from pause import VARIANTS  # noqa: E402
 from runtime import atomic_open, write_json  # noqa: E402
 
-VARIANTS = ["StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT"]
 # One colour per arm, the same in every figure (the study's and compute_study's arms, the pretrainings).
 ARM_COLORS = {
     "StdPT_StdFT": "tab:gray", "StdPT_PauseFT": "tab:blue", "PausePT_StdFT": "tab:green", "PausePT_PauseFT": "tab:red",

@@ -359,5 +359,5 @@ def verify(cfg: VerifyConfig) -> None:
         raise UserError(f"{len(bad)} of {len(entries)} shard(s) in {cfg.data_dir} do not match meta.json: "
                         + "; ".join(bad) + ". Delete them and run data.py prepare again (same options)")
     print(f"verify: all {len(entries)} shard(s) in {cfg.data_dir} match meta.json (size"
-          + (f"; {unchecked} without a recorded sha256, from an older data.py: size only" if unchecked else
+          + (f"; {unchecked} without a recorded sha256: size only" if unchecked else
              " and sha256") + f"; every id below vocab_size {meta['vocab_size']})")

@@ -169,7 +169,7 @@ def paired(records: list[dict], arm: str, baseline: str) -> dict | None:
     return {"arm": arm, "vs": baseline, **lab.paired_stats(diffs)} if diffs else None
 
 
-def summarize(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: list[str]) -> dict:
+def summarise(cfg: ComputeStudyConfig, root: str, records: list[dict], arms: list[str]) -> dict:
     """summary.json, summary.md (per-arm table with FLOPs, paired differences) and the two FLOPs plots."""
     rows = []
     for arm in arms:
@@ -235,7 +235,7 @@ def main(cfg: ComputeStudyConfig) -> dict | None:
         if not cfg.aggregate:
             print(f"seed {seed}: {', '.join(runs)} done in {(time.time() - t0) / 60:.1f} min")
     if cfg.aggregate or cfg.only_seed < 0:
-        return summarize(cfg, root, records, arms)
+        return summarise(cfg, root, records, arms)
     return None
 
 

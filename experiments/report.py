@@ -21,19 +21,6 @@ def task_title(task: str, preset: str) -> str:
     return f"synthetic largest-gap, {LAYOUT_NAMES.get(task, task)} format" if preset == "cpu" else task
 
 
-def annotate(records: list[dict], runs: list[dict]) -> list[dict]:
-    """Each record with how its arm was finetuned (ft_m) and what it got at inference (inference_token),
-    where its results file does not say (results written before they recorded it)."""
-    by_name = {v["name"]: v for v in runs}
-    out = []
-    for r in records:
-        v = by_name.get(r["variant"], {})
-        trained = by_name.get(v.get("source", ""), v)
-        token = v.get("eval_filler") or trained.get("filler") or "<pause>"
-        out.append({"ft_m": trained.get("ft_m", trained.get("m_ft", r["m_ft"])), "inference_token": token, **r})
-    return out
-
-
 def relative_out_dir(config: dict) -> dict:
     """The config as a committed record may hold it: out_dir relative to the working directory, or left
     out where it lies elsewhere (a machine's temp folder means nothing on another machine)."""
@@ -128,7 +115,7 @@ def draw(out_dir: str, summary: dict, runs: list[dict], logs: dict[str, str] | N
     from the training logs that exist."""
     task, metric, title = summary["task"], summary["metric"], task_title(summary["task"], summary["config"].get("preset", ""))
     rank = {v["name"]: i for i, v in enumerate(runs)}  # the arms in the tables' order
-    agg = sorted(annotate([a for a in summary["aggregated"] if a.get("split", "test") == "test"], runs),
+    agg = sorted([a for a in summary["aggregated"] if a.get("split", "test") == "test"],
                  key=lambda a: rank.get(a["variant"], len(rank)))
     plots.minf_curve(agg, task, metric, os.path.join(out_dir, "minf_curve.png"), title=title)
     headline = {"StdPT_StdFT", "StdPT_PauseFT", "PausePT_PauseFT", "StdPT_PauseFT_rand", "PausePT_PauseFT_rand"}

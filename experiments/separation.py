@@ -161,7 +161,7 @@ class ParityConfig:
                             f"--shards={self.shards} --n_head={self.n_head} --n_embd={self.n_embd}")
 
 
-def model_config(cfg: ParityConfig, n: int, arm: str) -> GPTConfig:
+def parity_model(cfg: ParityConfig, n: int, arm: str) -> GPTConfig:
     conf = GPTConfig(block_size=2 * n + 1, vocab_size=padded_vocab(TOK.vocab_size), n_layer=cfg.n_layer,
                      n_head=cfg.n_head, n_embd=cfg.n_embd, pause_id=TOK.pause_id)
     return deeper(conf, n + 1, 1, n) if arm == "Deep_NoPause" else conf
@@ -175,8 +175,8 @@ def steps_for(cfg: ParityConfig, n: int, arm: str) -> int:
     """cfg.iters, but Deep_NoPause gets as many training FLOPs as Pause (rounded to whole steps)."""
     if arm != "Deep_NoPause":
         return cfg.iters
-    pause = flops.train_flops(model_config(cfg, n, "Pause"), cfg.batch_size, seq_len(n, "Pause"))
-    return round(cfg.iters * pause / flops.train_flops(model_config(cfg, n, arm), cfg.batch_size, seq_len(n, arm)))
+    pause = flops.train_flops(parity_model(cfg, n, "Pause"), cfg.batch_size, seq_len(n, "Pause"))
+    return round(cfg.iters * pause / flops.train_flops(parity_model(cfg, n, arm), cfg.batch_size, seq_len(n, arm)))
 
 
 @torch.no_grad()
@@ -204,7 +204,7 @@ def step_batch(cfg: ParityConfig, n: int, arm: str, seed: int, step: int, steps:
 def train_run(cfg: ParityConfig, n: int, arm: str, seed: int, out: str) -> dict:
     """Train one arm from random initialisation, score it on the held-out set, and return its record."""
     t0 = time.time()
-    conf, steps, T = model_config(cfg, n, arm), steps_for(cfg, n, arm), seq_len(n, arm)
+    conf, steps, T = parity_model(cfg, n, arm), steps_for(cfg, n, arm), seq_len(n, arm)
     torch.manual_seed(seed)
     model = GPT(conf)
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.lr, (0.9, 0.95), "cpu")
@@ -237,7 +237,7 @@ def run_dir(cfg: ParityConfig, n: int, arm: str, seed: int) -> str:
     return os.path.join(cfg.out_dir, f"n{n}", arm, f"seed{seed}")
 
 
-def summarize(cfg: ParityConfig, records: list[dict]) -> dict:
+def summarise(cfg: ParityConfig, records: list[dict]) -> dict:
     """summary.json, summary.md (accuracy mean ± std per n and arm, both FLOPs axes, run times) and the plot."""
     rows = []
     for n in cfg.ns:
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if cfg.aggregate:
         if not records:
             raise UserError(f"no finished runs under {cfg.out_dir}")
-        return summarize(cfg, records)
+        return summarise(cfg, records)
     return None
 
 

@@ -25,8 +25,8 @@ import train
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
 from experiments import lab, report, synth
 from experiments.lab import arm
+from pause import VARIANTS
 
-VARIANTS = ("StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT")
 BASELINE = "StdPT_StdFT"
 MATCHED = "StdPT_StdFT_matched"
 SPLITS = ("val", "test")
@@ -185,7 +185,7 @@ def summarise(cfg: StudyConfig, records: list[dict], runs: list[dict], timing: d
     pairs = {s: comparisons([r for r in records if r.get("split", "test") == s], metric, runs, cfg.m_inf) for s in splits}
     summary = {"task": cfg.task, "metric": metric, "config": dataclasses.asdict(cfg), **timing,
                "aggregated": aggregate(records), "paired": pairs.get("test", []), "paired_by_split": pairs,
-               "arms": runs, "records": report.annotate(records, runs)}
+               "arms": runs, "records": records}
     return report.write_summary(cfg.out_dir, summary, runs)
 
 

@@ -64,7 +64,7 @@ BAD = [  # (script, config class, a bad value, what the error says)
     ("sample", "SampleConfig", "--temperature=nan", "--temperature must be a finite number >= 0, got nan"),
     ("tasks", "DownloadTasksConfig", "--task=gsm8k,nope", "--task (each value) must be one of"),
     ("bench", "BenchConfig", "--rounds=0", "--rounds must be"),
-    ("bench_data", "BenchConfig", "--mb=nan", "--mb must be a finite number > 0"),
+    ("bench_data", "DataBenchConfig", "--mb=nan", "--mb must be a finite number > 0"),
     ("experiments.study", "StudyConfig", "--ft_lr=nan", "--ft_lr must be a finite number"),
     ("experiments.compute_study", "ComputeStudyConfig", "--seeds=0", "--seeds must be"),
     ("experiments.synth", "SynthConfig", "--n_train=0", "--n_train must be"),

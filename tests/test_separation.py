@@ -115,9 +115,9 @@ def test_training_strings_are_fresh_every_step_and_reproducible():
 def test_each_arm_carries_the_ledger_flops():
     cfg = sep.ParityConfig(iters=10, batch_size=4)
     n = 8
-    conf = sep.model_config(cfg, n, "Pause")
+    conf = sep.parity_model(cfg, n, "Pause")
     pause_step = flops.train_flops(conf, 4, 2 * n + 1)
-    deep = sep.model_config(cfg, n, "Deep_NoPause")
+    deep = sep.parity_model(cfg, n, "Deep_NoPause")
     assert deep == lab.deeper(conf, n + 1, 1, n) and deep.n_layer > conf.n_layer
     assert sep.steps_for(cfg, n, "Deep_NoPause") == round(10 * pause_step / flops.train_flops(deep, 4, n + 1))
     assert sep.seq_len(n, "NoPause") == n + 1 and sep.seq_len(n, "CoT") == 2 * n
@@ -140,7 +140,7 @@ def test_miniature_sweep_in_two_shards_then_aggregate(tmp_path):
     rows = {(r["n"], r["arm"]): r for r in summary["rows"]}
     assert set(rows) == {(n, a) for n in (4, 5) for a in sep.ARMS}
     for n in (4, 5):
-        conf = sep.model_config(sep.parse_config(sep.ParityConfig, args), n, "NoPause")
+        conf = sep.parity_model(sep.parse_config(sep.ParityConfig, args), n, "NoPause")
         r = lambda arm: rows[(n, arm)]
         assert r("NoPause")["train_flops"] == 3 * flops.train_flops(conf, 4, n + 1)
         assert r("Pause")["train_flops"] == 3 * flops.train_flops(conf, 4, 2 * n + 1) == r("Pause_dense")["train_flops"]
