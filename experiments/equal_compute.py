@@ -44,7 +44,7 @@ from config import DEVICES, check_config, opt, parse_config, run_main
 from runtime import setup_runtime, write_json
 from experiments import lab, study, synth
 from experiments.equal_compute_report import ARMS, M_FT, PAUSE_ARM, SPLITS, report
-from experiments.lab import CPU_PRETRAIN, finished, wider
+from experiments.lab import CPU_PRETRAIN, finished, matched_steps, wider
 from model import GPTConfig
 from tokenizer import from_meta, padded_vocab
 
@@ -103,17 +103,6 @@ def reorder(prefix: str, j: int, doc_id: int) -> str:
     if j:
         random.Random(1_000_003 * j + doc_id).shuffle(numbers)
     return " ".join([kind, *numbers])
-
-
-def matched_steps(ft: finetune.FinetuneConfig, tok, conf: GPTConfig, target: float) -> int:
-    """The number of steps of `ft` whose ledger (its batches, step by step, at conf's size) comes closest to target."""
-    data = finetune.FinetuneData(ft, tok, conf.block_size)
-    total, step = 0, 0
-    while True:
-        cost = flops.train_flops(conf, *data.batch(step)[0].shape)
-        if total + cost >= target:
-            return step + 1 if total + cost - target < target - total else max(step, 1)
-        total, step = total + cost, step + 1
 
 
 def arm_cost(pt_logs: list[str], ft_logs: list[str]) -> dict[str, int]:

@@ -62,17 +62,17 @@ def finished(ckpt: str, steps: int | None = None) -> bool:
 
 
 # ----------------------------------------------------------------------------- the CPU recipe
-def cpu_data(out_dir: str, cpu_n, layout: str) -> dict[str, str]:
+def cpu_data(out_dir: str, cpu_n, layout: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """Generate the synthetic task and corpus into out_dir/synth and prepare the corpus into out_dir/data, once (a
     lock serialises parallel seeds; synth marks itself finished last, so a killed one is redone)."""
-    raw, prepared = os.path.join(out_dir, "synth"), os.path.join(out_dir, "data")
+    raw, prepared = os.path.join(out_dir, "synth"), os.path.join(out_dir, "data")  # extra: more synth options
     n_lo, n_hi = synth.n_range_of(cpu_n)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, ".data.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(os.path.join(raw, "test.jsonl")):
+        if not os.path.exists(os.path.join(raw, synth.VAL_CORPUS)):  # synth writes it last
             synth.main(CPU_SYNTH + [f"--n={n_lo},{n_hi}", f"--corpus_n=4,{max(n_hi, 12)}", f"--layout={layout}",
-                                    f"--out_dir={raw}"])
+                                    f"--out_dir={raw}", *extra])
         # always: prepare is resumable and skips verified shards, so an interrupted one is finished here
         data.prepare(data.PrepareConfig(input=[os.path.join(raw, synth.TRAIN_CORPUS)],
                                         val_input=[os.path.join(raw, synth.VAL_CORPUS)], out_dir=prepared,
@@ -124,14 +124,32 @@ def wider(conf: GPTConfig, prompt_lens: list[int], pauses: int, decoded: int = 2
     return min((dataclasses.replace(conf, n_embd=d) for d in widths), key=lambda c: abs(cost(c, 0) - goal))
 
 
+def matched_steps(ft: finetune.FinetuneConfig, tok, conf: GPTConfig, target: float) -> int:
+    """The number of steps of `ft` whose ledger (its batches, step by step, at conf's size) comes closest to target."""
+    data = finetune.FinetuneData(ft, tok, conf.block_size)
+    total, step = 0, 0
+    while True:
+        cost = flops.train_flops(conf, *data.batch(step)[0].shape)
+        if total + cost >= target:
+            return step + 1 if total + cost - target < target - total else max(step, 1)
+        total, step = total + cost, step + 1
+
+
+def ft_flops(ft: finetune.FinetuneConfig, tok, conf: GPTConfig, steps: int) -> int:
+    """The finetuning FLOPs of `steps` steps of `ft`, from its batches alone: what its ledger will sum."""
+    data = finetune.FinetuneData(ft, tok, conf.block_size)
+    return sum(flops.train_flops(conf, *data.batch(s)[0].shape) for s in range(steps))
+
+
 # ----------------------------------------------------------------------------- an arm's runs, seed by seed
 def run_arms(cfg, seed: int, pre: dict[str, str], files: dict[str, str], runs: list[dict]) -> list[dict]:
-    """Finetune and evaluate each arm of `runs` for one seed on every split of `files`, the study's way (cfg: a
-    study's config); finished runs and results files are reused. Returns the records."""
+    """Finetune and evaluate each arm of `runs` for one seed on every split of `files` (all but train and data),
+    the study's way (cfg: a study's config; an arm's own `steps`, `lr` and `eval_at` M_inf list override it);
+    finished runs and results files are reused. Returns the records."""
     records = []
     for v in runs:
         ckpt = os.path.join(cfg.out_dir, f"seed{seed}", v.get("source", v["name"]), "ckpt.pt")
-        iters = cfg.ft_iters
+        iters = v.get("steps", cfg.ft_iters)
         if cfg.aggregate:
             records += saved_records(cfg, seed, v)
             continue
@@ -139,9 +157,9 @@ def run_arms(cfg, seed: int, pre: dict[str, str], files: dict[str, str], runs: l
             iters = matched_iters(cfg, files["train"], pre[v["pt"]], v["matched"])
         if "source" not in v and not finished(ckpt, iters):
             finetune.main(ft_config(os.path.dirname(ckpt), pre[v["pt"]], cfg.task, files["train"], seed, iters,
-                                    cfg.ft_batch_size, cfg.ft_lr, v.get("ft_m", v["m_ft"]), cfg.device, cfg.dtype,
-                                    filler=v.get("filler", ""), prepend=v.get("prepend", False)))
-        for split in ("val", "test"):
+                                    cfg.ft_batch_size, v.get("lr", cfg.ft_lr), v.get("ft_m", v["m_ft"]), cfg.device,
+                                    cfg.dtype, filler=v.get("filler", ""), prepend=v.get("prepend", False)))
+        for split in [s for s in files if s not in ("train", "data")]:
             if not files.get(split):
                 continue
             res_path = os.path.join(cfg.out_dir, f"seed{seed}", v["name"], f"results_{split}.json")
@@ -150,7 +168,8 @@ def run_arms(cfg, seed: int, pre: dict[str, str], files: dict[str, str], runs: l
             else:
                 os.makedirs(os.path.dirname(res_path), exist_ok=True)
                 res = evaluation.main(evaluation.EvalConfig(
-                    ckpt=ckpt, task=cfg.task, task_file=files[split], m_inf=cfg.m_inf, max_examples=cfg.max_examples,
+                    ckpt=ckpt, task=cfg.task, task_file=files[split], m_inf=v.get("eval_at", cfg.m_inf),
+                    max_examples=cfg.max_examples,
                     filler=v.get("eval_filler", ""), batch_size=cfg.eval_batch_size, out=res_path,
                     device=cfg.device, dtype=cfg.dtype))
             records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
@@ -178,9 +197,11 @@ def saved_records(cfg, seed: int, v: dict) -> list[dict]:
         return []
     with open(os.path.join(run, "log.jsonl")) as f:
         iters = max(r.get("step", 0) for r in map(json.loads, f))
-    records = []
-    for split in ("val", "test"):
-        path = os.path.join(cfg.out_dir, f"seed{seed}", v["name"], f"results_{split}.json")
+    records, folder = [], os.path.join(cfg.out_dir, f"seed{seed}", v["name"])
+    found = [f[len("results_"):-len(".json")] for f in os.listdir(folder) if f.startswith("results_")] \
+        if os.path.isdir(folder) else []
+    for split in sorted(found, key=lambda s: (s != "val", s != "test", s)):
+        path = os.path.join(folder, f"results_{split}.json")
         if os.path.exists(path):
             cost = ledger_fields(os.path.join(run, "log.jsonl"),
                                  os.path.join(cfg.out_dir, f"seed{seed}", v["pt"], "log.jsonl"))

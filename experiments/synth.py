@@ -30,6 +30,7 @@ from config import UserError, opt, parse_config, run_main
 from runtime import atomic_open, ensure_writable_dir
 
 KINDS = ("gap", "min", "max", "sort")
+TASK_KINDS = ("gap", "second")  # a task's question: the largest gap, or (a second task) the second-largest number
 LAYOUTS = ("lambada", "gsm8k")
 TRAIN_CORPUS = "c4-train.00000-of-00001.json.gz"
 VAL_CORPUS = "c4-validation.00000-of-00001.json.gz"
@@ -51,9 +52,9 @@ def make_question(rng: random.Random, n: int, lo: int, hi: int) -> list[int]:
 def task_text(kind: str, values: list[int]) -> tuple[str, str]:
     """(question, answer) of one problem, e.g. task_text("gap", [1, 10, 4]) == ("gap 1 10 4", "#### 6")."""
     answers = {"gap": lambda: [largest_gap(values)], "min": lambda: [min(values)],
-               "max": lambda: [max(values)], "sort": lambda: sorted(values)}
+               "max": lambda: [max(values)], "sort": lambda: sorted(values), "second": lambda: [sorted(values)[-2]]}
     if kind not in answers:
-        raise UserError(f"unknown problem kind {kind!r}; choose from {', '.join(KINDS)}")
+        raise UserError(f"unknown problem kind {kind!r}; choose from {', '.join(KINDS + TASK_KINDS[1:])}")
     return f"{kind} {' '.join(map(str, values))}", f"#### {' '.join(map(str, answers[kind]()))}"
 
 
@@ -79,12 +80,12 @@ def _draw(rng: random.Random, count: int, n_range: tuple[int, int], lo: int, hi:
     return out
 
 
-def _write_jsonl(path: str, values_list: list[list[int]], layout: str) -> None:
+def _write_jsonl(path: str, values_list: list[list[int]], layout: str, kind: str = "gap") -> None:
     with atomic_open(path, "w") as f:
         for values in values_list:
-            question, answer = task_text("gap", values)
+            question, answer = task_text(kind, values)
             row = {"question": question, "answer": answer} if layout == "gsm8k" else \
-                {"text": problem_text("gap", values, layout)}
+                {"text": problem_text(kind, values, layout)}
             f.write(json.dumps(row) + "\n")
 
 
@@ -98,7 +99,7 @@ def n_range_of(n: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
 
 def write_task(out_dir: str, n: int | list[int] = 12, lo: int = 0, hi: int = 64, n_train: int = 20000,
                n_test: int = 2000, seed: int = 0, test_seed: int | None = None, layout: str = "lambada",
-               n_val: int = 0, val_seed: int | None = None) -> dict:
+               n_val: int = 0, val_seed: int | None = None, kind: str = "gap") -> dict:
     """Write train.jsonl, val.jsonl (n_val > 0) and test.jsonl in a layout's format. Each split has its own
     seed; test is drawn first, then val, then train, and no two questions anywhere share a set of numbers."""
     problem_text("gap", [lo, lo + 1], layout)  # raises on an unknown layout
@@ -117,11 +118,11 @@ def write_task(out_dir: str, n: int | list[int] = 12, lo: int = 0, hi: int = 64,
     splits["train"] = _draw(random.Random(seed), n_train, (n_lo, n_hi), lo, hi, used)
     os.makedirs(out_dir, exist_ok=True)
     for name, values_list in splits.items():
-        _write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), values_list, layout)
+        _write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), values_list, layout, kind)
     held_out = splits["test"] + splits.get("val", [])
     return {"train": n_train, "val": n_val, "test": n_test, "seed": seed, "test_seed": test_seed,
             "val_seed": val_seed, "layout": layout, "n": (n_lo, n_hi),
-            "held_out_questions": [task_text("gap", v)[0] for v in held_out]}
+            "held_out_questions": [task_text(kind, v)[0] for v in held_out]}
 
 
 # Test splits drawn before the fresh one, as (n range, lo, hi, seed): write_task's default test seed with the
@@ -130,6 +131,8 @@ EARLIER_TESTS = (((8, 16), 0, 64, 1000), ((12, 12), 0, 64, 1000))
 EARLIER_TEST_SIZE = 2000
 FRESH_TEST_SEED = 5000  # never used by any earlier split or corpus
 FRESH_TEST = "fresh_test.jsonl"
+FRESH_TEST_2_SEED = 7000  # the second fresh split: never used by any split, corpus or the first fresh split
+FRESH_TEST_2 = "fresh_test_2.jsonl"
 
 
 def problem_values(text: str, layout: str = "lambada") -> frozenset[int]:
@@ -158,11 +161,13 @@ def corpus_values(path: str, layout: str = "lambada", end_word: str = ".") -> se
 
 
 def write_fresh_test(task_dir: str, n_test: int, n: int | list[int], lo: int = 0, hi: int = 64,
-                     layout: str = "lambada", seed: int = FRESH_TEST_SEED) -> dict:
-    """Write task_dir/fresh_test.jsonl: n_test new questions from `seed`, none on the number set of a question
-    of train, val or test, of a problem of the corpus (train and validation) or of an earlier test split
-    (EARLIER_TESTS). The written file is read back and checked against all of them."""
-    sources = {s: split_values(os.path.join(task_dir, f"{s}.jsonl"), layout) for s in ("train", "val", "test")
+                     layout: str = "lambada", seed: int = FRESH_TEST_SEED, name: str = FRESH_TEST,
+                     kind: str = "gap") -> dict:
+    """Write task_dir/NAME: n_test new questions from `seed`, none on the number set of a question of train, val,
+    test or an earlier fresh split in task_dir, of a problem of the corpus (train and validation) or of an earlier
+    test split (EARLIER_TESTS). The written file is read back and checked against all of them."""
+    earlier = ("train", "val", "test") + tuple(f[:-len(".jsonl")] for f in (FRESH_TEST, FRESH_TEST_2) if f != name)
+    sources = {s: split_values(os.path.join(task_dir, f"{s}.jsonl"), layout) for s in earlier
                if os.path.exists(os.path.join(task_dir, f"{s}.jsonl"))}
     sources |= {c: corpus_values(os.path.join(task_dir, c), layout) for c in (TRAIN_CORPUS, VAL_CORPUS)}
     for n_range, lo_, hi_, test_seed in EARLIER_TESTS:
@@ -170,8 +175,8 @@ def write_fresh_test(task_dir: str, n_test: int, n: int | list[int], lo: int = 0
                                                               lo_, hi_, set())
     used = {frozenset(v) for vs in sources.values() for v in vs}
     fresh = _draw(random.Random(seed), n_test, n_range_of(n), lo, hi, set(used))
-    path = os.path.join(task_dir, FRESH_TEST)
-    _write_jsonl(path, fresh, layout)
+    path = os.path.join(task_dir, name)
+    _write_jsonl(path, fresh, layout, kind)
     written = split_values(path, layout)
     for name, vs in sources.items():
         overlap = set(written) & {frozenset(v) for v in vs}
@@ -182,16 +187,17 @@ def write_fresh_test(task_dir: str, n_test: int, n: int | list[int], lo: int = 0
     return {"path": path, "n": n_test, "seed": seed, "checked_against": sorted(sources)}
 
 
-def task_words(lo: int, hi: int, layout: str = "lambada") -> set[str]:
-    """Every word a task prompt or answer can contain: numbers lo..hi-1 and gaps 1..hi-lo-1."""
+def task_words(lo: int, hi: int, layout: str = "lambada", kind: str = "gap") -> set[str]:
+    """Every word a task prompt or answer can contain: the kind, numbers lo..hi-1 and gaps 1..hi-lo-1."""
     layout_words = {"Question:", "Answer:", "####"} if layout == "gsm8k" else set()
-    return layout_words | {"gap"} | {str(v) for v in range(lo, hi)} | \
+    return layout_words | {kind} | {str(v) for v in range(lo, hi)} | \
         {str(g) for g in range(1, hi - lo)}
 
 
 def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tuple[int, int] = (4, 12),
                  lo: int = 0, hi: int = 64, kinds: tuple[str, ...] = KINDS, seed: int = 1,
-                 exclude: set[str] = frozenset(), layout: str = "lambada", end_word: str = ".") -> dict:
+                 exclude: set[str] = frozenset(), layout: str = "lambada", end_word: str = ".",
+                 task_kind: str = "gap") -> dict:
     """Write a C4-format .json.gz of `n_docs` documents of solved problems, none on an excluded question.
     Each document ends with `end_word` (a full stop), so the paper's filler "." is an ordinary pretrained word."""
     n_min, n_max = n_range
@@ -236,7 +242,7 @@ def write_corpus(out_path: str, n_docs: int, problems_per_doc: int, n_range: tup
     with atomic_open(out_path) as f:  # mtime=0: same seeds, same bytes
         f.write(gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6, mtime=0))
     return {"path": out_path, "docs": len(docs), "problems": sum(map(len, docs)), "tokens": tokens,
-            "filled": filled, "missing": sorted(task_words(lo, hi, layout) - words)}
+            "filled": filled, "missing": sorted(task_words(lo, hi, layout, task_kind) - words)}
 
 
 @dataclass
@@ -257,7 +263,10 @@ class SynthConfig:
     val_docs: int = opt(100, "validation documents", ge=1)
     problems_per_doc: int = opt(64, "solved problems per document", ge=1)
     corpus_n: list[int] = opt([4, 12], "smallest,largest n of corpus problems", ge=1)
-    kinds: list[str] = opt(list(KINDS), "problem kinds in the corpus", choices=tuple(KINDS))
+    task_kind: str = opt("gap", "the task's question: gap (largest gap) or second (second-largest number)",
+                         choices=TASK_KINDS)
+    kinds: list[str] = opt(list(KINDS), "problem kinds in the corpus (the task's kind is added)",
+                           choices=tuple(KINDS) + TASK_KINDS[1:])
     end_word: str = opt(".", "word that ends every corpus document, so it is in the vocabulary (the paper's filler)")
     layout: str = opt("lambada", "task format and problem layout: 'lambada' (gap 3 17 8 9) or 'gsm8k' "
                                  "(Question: gap 3 17 8\\nAnswer: #### 9)", choices=tuple(LAYOUTS))
@@ -272,8 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--end_word must be one word, got {cfg.end_word!r}")
     t0 = time.time()
     task = write_task(cfg.out_dir, cfg.n, cfg.lo, cfg.hi, cfg.n_train, cfg.n_test, cfg.seed, cfg.test_seed,
-                      cfg.layout, cfg.n_val, cfg.val_seed)
-    shared = dict(n_range=tuple(cfg.corpus_n), lo=cfg.lo, hi=cfg.hi, kinds=tuple(cfg.kinds),
+                      cfg.layout, cfg.n_val, cfg.val_seed, cfg.task_kind)
+    kinds = tuple(cfg.kinds) if cfg.task_kind in cfg.kinds else (cfg.task_kind,) + tuple(cfg.kinds)
+    shared = dict(n_range=tuple(cfg.corpus_n), lo=cfg.lo, hi=cfg.hi, kinds=kinds, task_kind=cfg.task_kind,
                   exclude=set(task["held_out_questions"]), layout=cfg.layout, end_word=cfg.end_word)
     train = write_corpus(os.path.join(cfg.out_dir, TRAIN_CORPUS), cfg.corpus_docs, cfg.problems_per_doc,
                          seed=cfg.seed + 1, **shared)
@@ -288,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, c in (("train corpus", train), ("val corpus", val)):
         print(f"{name}: {c['docs']} docs, {c['problems']} problems, {c['tokens']:,} word tokens, "
               f"{c['filled']} coverage problems added -> {c['path']}")
-    n_words = len(task_words(cfg.lo, cfg.hi, cfg.layout))
+    n_words = len(task_words(cfg.lo, cfg.hi, cfg.layout, cfg.task_kind))
     print(f"coverage: all {n_words} task words in the train corpus; {time.time() - t0:.1f}s")
 
 

@@ -1,0 +1,216 @@
+"""Is it the pause, or the missing separator? The equal-compute gain against its first objection.
+
+Every no-pause baseline of the equal-compute experiment answers at the position of its question's last number,
+with no token between question and answer. Here every arm starts from its seed's StdPT or PausePT (the cpu
+study's recipe, --n_layer layers of width 64) and is finetuned on as many finetuning FLOPs as PausePT_PauseFT
+with 12 pauses in 2500 steps (the FLOPs ledger: steps whose batches sum closest), then compared at M_inf = its M:
+  StdFT_flops        StdPT, nothing between question and answer (the equal-compute baseline)
+  SepFT_1, SepFT_3   StdPT finetuned and evaluated with 1 or 3 separator tokens (an ordinary word: --separator)
+  PauseFT_1, _3      PausePT finetuned and evaluated with 1 or 3 pauses
+  PausePT_PauseFT    PausePT with 12 pauses, 2500 steps (the budget)
+Splits: val (where the best baseline is chosen), test, and fresh_test_2 (synth.FRESH_TEST_2: a new seed, checked
+disjoint from every split, corpus and earlier test split), the registered test split (docs/RESULTS.md). --kind=
+second runs the same arms on the second task (the second-largest number), --n_layer at another depth.
+
+    python -m experiments.separator --out_dir=out/separator --seeds=5 --jobs=2     # every run of 5 seeds
+    python -m experiments.separator --out_dir=out/separator --seeds=5 --aggregate  # separator.md/.json
+"""
+import dataclasses
+import fcntl
+import functools
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
+from experiments import lab, synth
+from experiments.lab import arm
+from model import GPTConfig
+from runtime import write_json, write_text
+from tokenizer import from_meta, padded_vocab
+
+PAUSE_ARM, M = "PausePT_PauseFT", 12
+BASELINES = ("StdFT_flops", "SepFT_1", "SepFT_3")  # the primary test's B is the best of these on val
+SPLITS = ("val", "test", "fresh_test_2")
+
+
+@dataclass
+class SeparatorConfig:
+    """Pause arms against separator and no-pause arms at equal finetuning FLOPs; see the module doc."""
+    out_dir: str = opt("out/separator", "data, pretrainings, seedK/ARM/ runs, separator.md and separator.json")
+    kind: str = opt("gap", "the task: gap (largest gap, the registered task) or second (second-largest number)",
+                    choices=synth.TASK_KINDS)
+    n_layer: int = opt(3, "layers of the 64-wide model (the depth experiment: 1, 2, 3, 6)", ge=1)
+    separator: str = opt("\\n", "the separator token of the SepFT arms (one ordinary word of the corpus)")
+    seeds: int = opt(5, "seeds 0..N-1", ge=1)
+    only_seed: int = opt(-1, "run this seed only (-1 = all)", ge=-1)
+    jobs: int = opt(1, "worker processes (pretrainings first, then each arm once its pretraining is finished)", ge=1)
+    aggregate: bool = opt(False, "train nothing: collect the finished results, write separator.md/.json")
+    cpu_n: list[int] = opt([8, 16], "numbers per question, lo,hi (the registered task: 8 to 16)", ge=2)
+    n_fresh: int = opt(1000, "questions of the fresh test split", ge=1)
+    max_examples: int = opt(1000, "questions evaluated per split (0 = all)", ge=0)
+    task: str = opt("lambada", "the task's format (the synthetic task is written in it)", choices=("lambada",))
+    ft_iters: int = opt(2500, "PausePT_PauseFT's steps: the finetuning FLOPs every other arm matches", ge=1)
+    ft_batch_size: int = opt(64, "finetuning batch size", ge=1)
+    ft_lr: float = opt(1e-3, "finetuning peak learning rate (the cpu study's)", gt=0, le=1)
+    m_inf: list[int] = opt([M], "unused: each arm is evaluated at its own M", ge=0)
+    eval_batch_size: int = opt(256, "sequences per evaluation forward pass", ge=1)
+    device: str = opt("auto", "where to run", choices=DEVICES)
+    dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
+
+
+def arms(cfg: SeparatorConfig) -> list[dict]:
+    """The registered arms, each compared (and evaluated) at its own M."""
+    return [arm(PAUSE_ARM, "PausePT", M, eval_at=[M]),
+            arm("StdFT_flops", "StdPT", 0, eval_at=[0]),
+            *[arm(f"SepFT_{k}", "StdPT", k, filler=cfg.separator, eval_at=[k]) for k in (1, 3)],
+            *[arm(f"PauseFT_{k}", "PausePT", k, eval_at=[k]) for k in (1, 3)]]
+
+
+def data_files(cfg: SeparatorConfig) -> dict[str, str]:
+    """The task, corpus and prepared shards (lab.cpu_data), then the first and the second fresh test split, once."""
+    files = lab.cpu_data(cfg.out_dir, cfg.cpu_n, cfg.task, (f"--task_kind={cfg.kind}",))
+    lo, hi = (int(a.split("=")[1]) for a in lab.CPU_SYNTH[:2])
+    task_dir = os.path.dirname(files["test"])
+    with open(os.path.join(cfg.out_dir, ".data.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, seed in ((synth.FRESH_TEST, synth.FRESH_TEST_SEED), (synth.FRESH_TEST_2, synth.FRESH_TEST_2_SEED)):
+            if not os.path.exists(os.path.join(task_dir, name)):
+                info = synth.write_fresh_test(task_dir, cfg.n_fresh, cfg.cpu_n, lo, hi, cfg.task, seed, name, cfg.kind)
+                print(f"{name}: {info['n']} questions, seed {seed}, disjoint from {', '.join(info['checked_against'])}")
+    return {**files, "fresh_test_2": os.path.join(task_dir, synth.FRESH_TEST_2)}
+
+
+def budgeted(cfg: SeparatorConfig, seed: int, files: dict[str, str], pre: dict[str, str]) -> list[dict]:
+    """The arms with their steps: PausePT_PauseFT's ft_iters, every other arm the steps whose finetuning FLOPs
+    come closest to PausePT_PauseFT's (from the batches alone, before any finetuning)."""
+    tok = from_meta(json.load(open(os.path.join(files["data"], "meta.json")))["tokenizer"])
+    p = {**lab.CPU_PRETRAIN, "n_layer": cfg.n_layer}
+    conf = GPTConfig(block_size=p["block_size"], vocab_size=padded_vocab(tok.vocab_size), n_layer=p["n_layer"],
+                     n_head=p["n_head"], n_embd=p["n_embd"], pause_id=tok.pause_id)
+    probe = lambda v: lab.ft_config(os.path.join(cfg.out_dir, "probe"), pre[v["pt"]], cfg.task, files["train"], seed,
+                                    1, cfg.ft_batch_size, cfg.ft_lr, v["m_ft"], filler=v.get("filler", ""))
+    budget = lab.ft_flops(probe(arms(cfg)[0]), tok, conf, cfg.ft_iters)
+    return [{**v, "steps": cfg.ft_iters if v["name"] == PAUSE_ARM else lab.matched_steps(probe(v), tok, conf, budget)}
+            for v in arms(cfg)]
+
+
+def pretrain(cfg: SeparatorConfig, seed: int, files: dict[str, str]) -> dict[str, str]:
+    return {pt: lab.cpu_pretrain(cfg.out_dir, seed, files["data"], pt, cfg.device, cfg.dtype, n_layer=cfg.n_layer)
+            for pt in ("StdPT", "PausePT")}
+
+
+def run_stage(cfg: SeparatorConfig, seed: int, name: str) -> None:
+    """One pretraining, or one arm finetuned and evaluated on every split, of one seed."""
+    files = data_files(cfg)
+    if name in ("StdPT", "PausePT"):
+        lab.cpu_pretrain(cfg.out_dir, seed, files["data"], name, cfg.device, cfg.dtype, n_layer=cfg.n_layer)
+        return
+    pre = pretrain(cfg, seed, files)
+    lab.run_arms(cfg, seed, pre, files, [v for v in budgeted(cfg, seed, files, pre) if v["name"] == name])
+
+
+def summarise(cfg: SeparatorConfig, records: list[dict]) -> dict:
+    """Per arm and split: accuracy mean ± std over seeds and both FLOPs axes; the primary test; the frontier."""
+    at = [r for r in records if r["m_inf"] == r["m_ft"] and r["metric"] == "em"]
+    rows = []
+    for split in SPLITS:
+        for v in arms(cfg):
+            rs = [r for r in at if r["variant"] == v["name"] and r["split"] == split]
+            if rs:
+                vals = [r["value"] for r in rs]
+                rows.append({"arm": v["name"], "split": split, "m": v["m_ft"], "n_seeds": len(rs),
+                             "mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                             "steps": statistics.fmean(r["ft_iters"] for r in rs),
+                             **{k: statistics.fmean(r[k] for r in rs) for k in
+                                ("train_flops", "ft_flops", "infer_flops_per_example")}})
+    val = {r["arm"]: r["mean"] for r in rows if r["split"] == "val" and r["arm"] in BASELINES}
+    best = max(val, key=val.get) if val else None
+    pairs = [{"arm": PAUSE_ARM, "vs": b, "split": s, **lab.paired_stats(diffs(at, s, PAUSE_ARM, b))}
+             for s in SPLITS for b in BASELINES]
+    primary = next((p for p in pairs if p["vs"] == best and p["split"] == "fresh_test_2"), None)
+    return {"config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}, "best_baseline_on_val": best,
+            "primary": primary, "verdict": lab.verdict(primary, cfg.seeds) if primary else "no val results",
+            "rows": rows, "paired": pairs, "frontier": {s: frontier([r for r in rows if r["split"] == s])
+                                                        for s in SPLITS}, "records": records}
+
+
+def diffs(records: list[dict], split: str, arm_name: str, base: str) -> list[float]:
+    at = {(r["variant"], r["seed"]): r["value"] for r in records if r["split"] == split}
+    return [at[(arm_name, s)] - at[(base, s)] for s in sorted({s for _, s in at}) if (arm_name, s) in at
+            and (base, s) in at]
+
+
+def frontier(rows: list[dict], within: float = 0.01) -> dict | None:
+    """The best arm of a split and the cheapest (inference FLOPs per example) arm within `within` of it."""
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["mean"])
+    near = [r for r in rows if r["mean"] >= best["mean"] - within]
+    return {"best": best["arm"], "cheapest_within_1_point": min(near, key=lambda r: r["infer_flops_per_example"])["arm"]}
+
+
+def write_report(cfg: SeparatorConfig, summary: dict, wall_s: float | None) -> None:
+    p = summary["primary"]
+    lines = [f"# Is it the pause, or the missing separator? {cfg.kind} task, {cfg.n_layer} layers, "
+             f"{len({r['seed'] for r in summary['records']})} seed(s)", "",
+             f"Wall time of this pass: {wall_s / 60:.1f} min." if wall_s else "Wall time: see the run's log.", ""]
+    if p:
+        lines += [f"**Primary test** (fresh_test_2): {PAUSE_ARM} minus {summary['best_baseline_on_val']} (the best "
+                  f"of {', '.join(BASELINES)} on val): {100 * p['mean_diff']:+.1f} points, stderr "
+                  f"{lab.fmt(100 * p['stderr'])}, mean/stderr {lab.fmt(p['t'], '.2f')}, seeds + / −: {p['wins']} / "
+                  f"{p['losses']} -> **{summary['verdict']}**.", ""]
+    for split in SPLITS:
+        rows = [r for r in summary["rows"] if r["split"] == split]
+        if rows:
+            lines += [f"### {split} split (exact match %, mean ± std over seeds)", ""] + lab.md_table(
+                ["arm", "M", "steps", "accuracy %", "training TFLOPs", "of which finetuning", "inference MFLOPs/example"],
+                [[r["arm"], r["m"], f"{r['steps']:.0f}", f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}",
+                  f"{r['train_flops'] / 1e12:.3f}", f"{r['ft_flops'] / 1e12:.3f}",
+                  f"{r['infer_flops_per_example'] / 1e6:.3f}"] for r in rows])
+            f = summary["frontier"][split]
+            lines += ["", f"Best: {f['best']}; cheapest within 1 point of it: {f['cheapest_within_1_point']}.", ""]
+    lines += ["Paired differences (same seed), in points:", ""] + lab.md_table(
+        ["arm", "vs", "split", "seeds", "mean diff", "stderr", "mean/stderr", "+ / −"],
+        [[q["arm"], q["vs"], q["split"], q["n_seeds"], lab.fmt(100 * q["mean_diff"], "+.1f"),
+          lab.fmt(100 * q["stderr"]), lab.fmt(q["t"], ".2f"), f"{q['wins']} / {q['losses']}"]
+         for q in summary["paired"] if q["n_seeds"]])
+    write_text(os.path.join(cfg.out_dir, "separator.md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(cfg: SeparatorConfig) -> dict | None:
+    check_config(cfg)
+    if len(cfg.separator.replace("\\n", "\n").split(" ")) != 1:
+        raise UserError(f"--separator must be one word, got {cfg.separator!r}")
+    t0, seeds = time.time(), lab.seeds_of(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if not cfg.aggregate:
+        data_files(cfg)  # once, before any worker
+        plan = [((s, pt), []) for pt in ("StdPT", "PausePT") for s in seeds]
+        plan += [((s, v["name"]), [(s, v["pt"])]) for v in arms(cfg) for s in seeds]
+        if cfg.jobs > 1:
+            lab.run_pool(plan, functools.partial(run_stage, cfg),
+                         lambda key: os.path.join(cfg.out_dir, f"seed{key[0]}", f"{key[1]}.out"), cfg.jobs, "runs")
+        else:
+            for (seed, name), _ in plan:
+                run_stage(cfg, seed, name)
+        write_json(os.path.join(cfg.out_dir, f"time_{'_'.join(map(str, seeds))}.json"),
+                   {"seeds": seeds, "jobs": cfg.jobs, "start": t0, "end": time.time()})
+    if cfg.only_seed >= 0:
+        return None
+    records = []
+    for seed in seeds:
+        records += lab.run_arms(dataclasses.replace(cfg, aggregate=True), seed, {}, {}, arms(cfg))
+    if not records:
+        raise UserError(f"no results under {cfg.out_dir}/seed*/: run without --aggregate first")
+    summary = summarise(cfg, records)
+    write_json(os.path.join(cfg.out_dir, "separator.json"), summary)
+    write_report(cfg, summary, None if cfg.aggregate else time.time() - t0)
+    return summary
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(parse_config(SeparatorConfig, prog="python -m experiments.separator")))

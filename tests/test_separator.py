@@ -1,0 +1,75 @@
+"""The separator experiment: the separator layout at finetuning and inference, the second task, the second
+fresh test split, and the arms on one FLOPs budget, end to end in miniature."""
+import json
+import os
+
+import pytest
+
+from experiments import separator, synth
+from finetune import FinetuneConfig, FinetuneData
+from pause import IGNORE, prompt_in_block
+from test_study import tiny_cpu_preset
+from tokenizer import WordTokenizer, inserted_token
+
+
+def test_the_separator_sits_between_question_and_answer_with_no_loss_on_it(tmp_path):
+    """SepFT: [question, separator x k, answer, EOT] at finetuning, [question, separator x k] at inference."""
+    tok = WordTokenizer.build(["gap 1 5 2 4", "\n"])
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"text": "gap 1 5 2 4"}) + "\n")
+    sep, question, answer = inserted_token(tok, "\\n"), tok.encode("gap 1 5 2"), tok.encode(" 4")
+    assert tok.decode([sep]) == "\n" and sep != tok.pause_id
+    for k in (1, 3):
+        data = FinetuneData(FinetuneConfig(task="lambada", task_file=str(path), m_ft=str(k), filler="\\n", val_frac=0),
+                            tok, 64)
+        x, y = data.batch(0)
+        assert x[0].tolist() == question + [sep] * k + answer  # the separators right after the question
+        assert y[0].tolist() == [IGNORE] * (len(question) - 1 + k) + answer + [tok.eot_id]  # no loss on them
+        assert prompt_in_block(question, k, sep, False, 1, 64)[0] == question + [sep] * k  # inference: the same
+
+
+@pytest.mark.parametrize("values,second", [([5, 17, 3, 42], 17), ([1, 2], 1), ([9, 63, 0, 62, 8], 62)])
+def test_the_second_task_answers_the_second_largest_number(values, second):
+    assert synth.task_text("second", values) == (f"second {' '.join(map(str, values))}", f"#### {second}")
+    assert synth.problem_text("second", values) == f"second {' '.join(map(str, values))} {second}"
+
+
+def test_the_second_task_splits_are_disjoint_and_its_corpus_holds_no_held_out_question(tmp_path):
+    synth.main([f"--out_dir={tmp_path}", "--task_kind=second", "--n=8,16", "--n_train=300", "--n_val=50",
+                "--n_test=50", "--corpus_docs=20", "--val_docs=5", "--problems_per_doc=8"])
+    sets = {s: synth.split_values(str(tmp_path / f"{s}.jsonl")) for s in ("train", "val", "test")}
+    assert all(not (set(sets[a]) & set(sets[b])) for a, b in (("train", "val"), ("train", "test"), ("val", "test")))
+    corpus = synth.corpus_values(str(tmp_path / synth.TRAIN_CORPUS))
+    assert not corpus & (set(sets["val"]) | set(sets["test"]))
+    rows = [json.loads(line)["text"].split() for line in open(tmp_path / "test.jsonl")]
+    assert all(r[0] == "second" and int(r[-1]) == sorted(map(int, r[1:-1]))[-2] for r in rows)
+
+
+def test_the_second_fresh_split_is_disjoint_from_every_split_corpus_and_the_first_fresh_split(tmp_path):
+    synth.main([f"--out_dir={tmp_path}", "--n=8,16", "--n_train=300", "--n_val=50", "--n_test=50",
+                "--corpus_docs=20", "--val_docs=5", "--problems_per_doc=8"])
+    first = synth.write_fresh_test(str(tmp_path), 200, [8, 16])
+    second = synth.write_fresh_test(str(tmp_path), 200, [8, 16], seed=synth.FRESH_TEST_2_SEED,
+                                    name=synth.FRESH_TEST_2)
+    assert "fresh_test" in second["checked_against"] and "fresh_test" not in first["checked_against"]
+    new = set(synth.split_values(second["path"]))
+    assert len(new) == 200 and not new & set(synth.split_values(first["path"]))
+    for s in ("train", "val", "test"):
+        assert not new & set(synth.split_values(str(tmp_path / f"{s}.jsonl")))
+
+
+def test_miniature_separator_experiment_matches_every_arm_to_the_pause_arms_flops(tmp_path, monkeypatch):
+    tiny_cpu_preset(monkeypatch, n_train=300, n_held_out=30, docs=40, pt_iters=4)
+    cfg = separator.parse_config(separator.SeparatorConfig, [
+        f"--out_dir={tmp_path}", "--seeds=1", "--cpu_n=4,6", "--ft_iters=6", "--ft_batch_size=8", "--n_fresh=20",
+        "--max_examples=10", "--device=cpu", "--n_layer=1"])
+    summary = separator.main(cfg)
+    rows = {(r["arm"], r["split"]): r for r in summary["rows"]}
+    assert {a for a, _ in rows} == {v["name"] for v in separator.arms(cfg)}
+    assert {s for _, s in rows} == set(separator.SPLITS)
+    budget = rows[(separator.PAUSE_ARM, "val")]["ft_flops"]
+    for (name, _), r in rows.items():  # every arm within one step of the pause arm's finetuning FLOPs
+        step = r["ft_flops"] / r["steps"]
+        assert abs(r["ft_flops"] - budget) <= step, name
+    assert summary["best_baseline_on_val"] in separator.BASELINES
+    assert summary["primary"]["split"] == "fresh_test_2" and os.path.exists(tmp_path / "separator.md")
