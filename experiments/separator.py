@@ -24,6 +24,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import plots
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
 from experiments import lab, synth
 from experiments.lab import arm
@@ -57,16 +58,40 @@ class SeparatorConfig:
     ft_lr: float = opt(1e-3, "finetuning peak learning rate (the cpu study's)", gt=0, le=1)
     m_inf: list[int] = opt([M], "unused: each arm is evaluated at its own M", ge=0)
     eval_batch_size: int = opt(256, "sequences per evaluation forward pass", ge=1)
+    baseline: str = opt("", "experiment 2: the no-pause or separator arm tuned and swept beside the pause arm",
+                        choices=("",) + BASELINES)
+    lr_grid: list[float] = opt([], "experiment 2: learning rates tried (seed 0) by the pause arm and --baseline, "
+                                   "as arms NAME_lrX; the one with the best val accuracy is chosen", gt=0, le=1)
+    curve: list[float] = opt([], "experiment 2: --baseline at these multiples of the pause arm's finetuning FLOPs "
+                                 "(arms NAME_xM, at --baseline_lr), e.g. 1,2,4", gt=0)
+    pause_curve: list[float] = opt([], "experiment 2: the pause arm at these multiples (at --pause_lr), e.g. 0.5,1,2",
+                                   gt=0)
+    pause_lr: float = opt(1e-3, "experiment 2: the pause arm's learning rate on the curve", gt=0, le=1)
+    baseline_lr: float = opt(1e-3, "experiment 2: --baseline's learning rate on the curve", gt=0, le=1)
+    depths_from: list[str] = opt([], "experiment 4: no runs; read the separator.json of these out_dirs (one per "
+                                     "depth) and write depth.md and depth.png into out_dir")
     device: str = opt("auto", "where to run", choices=DEVICES)
     dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
 
 
 def arms(cfg: SeparatorConfig) -> list[dict]:
-    """The registered arms, each compared (and evaluated) at its own M."""
-    return [arm(PAUSE_ARM, "PausePT", M, eval_at=[M]),
+    """The registered arms, each compared (and evaluated) at its own M; with --lr_grid and --curve, the pause arm
+    and --baseline again at other learning rates (`lr`) and FLOPs multiples (`mult`)."""
+    base = [arm(PAUSE_ARM, "PausePT", M, eval_at=[M]),
             arm("StdFT_flops", "StdPT", 0, eval_at=[0]),
             *[arm(f"SepFT_{k}", "StdPT", k, filler=cfg.separator, eval_at=[k]) for k in (1, 3)],
             *[arm(f"PauseFT_{k}", "PausePT", k, eval_at=[k]) for k in (1, 3)]]
+    tuned = [v for v in base if v["name"] in (PAUSE_ARM, cfg.baseline)]
+    extra = [{**v, "name": f"{v['name']}_lr{lr:g}", "lr": lr, "seeds": [0]} for v in tuned for lr in cfg.lr_grid]
+    extra += [{**v, "name": f"{v['name']}_x{m:g}", "mult": m, "lr": cfg.pause_lr if v["name"] == PAUSE_ARM
+               else cfg.baseline_lr} for v in tuned for m in (cfg.pause_curve if v["name"] == PAUSE_ARM else cfg.curve)]
+    return base + extra
+
+
+def chosen_lr(rows: list[dict], name: str) -> float | None:
+    """The learning rate of NAME_lrX with the best mean accuracy on val (only val decides)."""
+    val = {r["lr"]: r["mean"] for r in rows if r["split"] == "val" and r["arm"].startswith(f"{name}_lr")}
+    return max(val, key=val.get) if val else None
 
 
 def data_files(cfg: SeparatorConfig) -> dict[str, str]:
@@ -93,8 +118,8 @@ def budgeted(cfg: SeparatorConfig, seed: int, files: dict[str, str], pre: dict[s
     probe = lambda v: lab.ft_config(os.path.join(cfg.out_dir, "probe"), pre[v["pt"]], cfg.task, files["train"], seed,
                                     1, cfg.ft_batch_size, cfg.ft_lr, v["m_ft"], filler=v.get("filler", ""))
     budget = lab.ft_flops(probe(arms(cfg)[0]), tok, conf, cfg.ft_iters)
-    return [{**v, "steps": cfg.ft_iters if v["name"] == PAUSE_ARM else lab.matched_steps(probe(v), tok, conf, budget)}
-            for v in arms(cfg)]
+    return [{**v, "steps": cfg.ft_iters if v["name"] == PAUSE_ARM else
+             lab.matched_steps(probe(v), tok, conf, budget * v.get("mult", 1))} for v in arms(cfg)]
 
 
 def pretrain(cfg: SeparatorConfig, seed: int, files: dict[str, str]) -> dict[str, str]:
@@ -112,6 +137,10 @@ def run_stage(cfg: SeparatorConfig, seed: int, name: str) -> None:
     lab.run_arms(cfg, seed, pre, files, [v for v in budgeted(cfg, seed, files, pre) if v["name"] == name])
 
 
+def seeds_of_arm(cfg: SeparatorConfig, v: dict, seeds: list[int]) -> list[int]:
+    return [s for s in seeds if s in v.get("seeds", seeds)]
+
+
 def summarise(cfg: SeparatorConfig, records: list[dict]) -> dict:
     """Per arm and split: accuracy mean ± std over seeds and both FLOPs axes; the primary test; the frontier."""
     at = [r for r in records if r["m_inf"] == r["m_ft"] and r["metric"] == "em"]
@@ -122,6 +151,7 @@ def summarise(cfg: SeparatorConfig, records: list[dict]) -> dict:
             if rs:
                 vals = [r["value"] for r in rs]
                 rows.append({"arm": v["name"], "split": split, "m": v["m_ft"], "n_seeds": len(rs),
+                             "lr": v.get("lr", cfg.ft_lr), "mult": v.get("mult", 1),
                              "mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                              "steps": statistics.fmean(r["ft_iters"] for r in rs),
                              **{k: statistics.fmean(r[k] for r in rs) for k in
@@ -131,7 +161,8 @@ def summarise(cfg: SeparatorConfig, records: list[dict]) -> dict:
     pairs = [{"arm": PAUSE_ARM, "vs": b, "split": s, **lab.paired_stats(diffs(at, s, PAUSE_ARM, b))}
              for s in SPLITS for b in BASELINES]
     primary = next((p for p in pairs if p["vs"] == best and p["split"] == "fresh_test_2"), None)
-    return {"config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}, "best_baseline_on_val": best,
+    tuning = {n: chosen_lr(rows, n) for n in (PAUSE_ARM, cfg.baseline) if n and cfg.lr_grid}
+    return {"chosen_lr_on_val": tuning,"config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}, "best_baseline_on_val": best,
             "primary": primary, "verdict": lab.verdict(primary, cfg.seeds) if primary else "no val results",
             "rows": rows, "paired": pairs, "frontier": {s: frontier([r for r in rows if r["split"] == s])
                                                         for s in SPLITS}, "records": records}
@@ -183,6 +214,11 @@ def write_report(cfg: SeparatorConfig, summary: dict, wall_s: float | None) -> N
 
 def main(cfg: SeparatorConfig) -> dict | None:
     check_config(cfg)
+    if cfg.depths_from:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        return depth_report(cfg)
+    if (cfg.lr_grid or cfg.curve or cfg.pause_curve) and not cfg.baseline:
+        raise UserError("--lr_grid and --curve tune and sweep the pause arm beside --baseline: name it")
     if len(cfg.separator.replace("\\n", "\n").split(" ")) != 1:
         raise UserError(f"--separator must be one word, got {cfg.separator!r}")
     t0, seeds = time.time(), lab.seeds_of(cfg)
@@ -190,7 +226,7 @@ def main(cfg: SeparatorConfig) -> dict | None:
     if not cfg.aggregate:
         data_files(cfg)  # once, before any worker
         plan = [((s, pt), []) for pt in ("StdPT", "PausePT") for s in seeds]
-        plan += [((s, v["name"]), [(s, v["pt"])]) for v in arms(cfg) for s in seeds]
+        plan += [((s, v["name"]), [(s, v["pt"])]) for v in arms(cfg) for s in seeds_of_arm(cfg, v, seeds)]
         if cfg.jobs > 1:
             lab.run_pool(plan, functools.partial(run_stage, cfg),
                          lambda key: os.path.join(cfg.out_dir, f"seed{key[0]}", f"{key[1]}.out"), cfg.jobs, "runs")
@@ -203,13 +239,63 @@ def main(cfg: SeparatorConfig) -> dict | None:
         return None
     records = []
     for seed in seeds:
-        records += lab.run_arms(dataclasses.replace(cfg, aggregate=True), seed, {}, {}, arms(cfg))
+        records += lab.run_arms(dataclasses.replace(cfg, aggregate=True), seed, {}, {},
+                                [v for v in arms(cfg) if seed in seeds_of_arm(cfg, v, [seed])])
     if not records:
         raise UserError(f"no results under {cfg.out_dir}/seed*/: run without --aggregate first")
     summary = summarise(cfg, records)
     write_json(os.path.join(cfg.out_dir, "separator.json"), summary)
     write_report(cfg, summary, None if cfg.aggregate else time.time() - t0)
+    if cfg.curve or cfg.pause_curve:
+        curve_plot(summary["rows"], cfg, os.path.join(cfg.out_dir, "flops_curve.png"))
     return summary
+
+
+def curve_plot(rows: list[dict], cfg: SeparatorConfig, out_png: str) -> None:
+    """Accuracy on fresh_test_2 against finetuning FLOPs: the pause arm and --baseline at each multiple (the
+    registered arms at 1x, the learning rate of the study, are left out: the curve is at the chosen rates)."""
+    fig, ax = plots.plt.subplots(figsize=(6, 4))
+    data = {}
+    for i, name in enumerate((PAUSE_ARM, cfg.baseline)):
+        pts = sorted(((r["ft_flops"], 100 * r["mean"], 100 * r["std"]) for r in rows if r["split"] == "fresh_test_2"
+                      and r["arm"].startswith(f"{name}_x")))
+        if pts:
+            ax.errorbar(*zip(*[(x / 1e12, y) for x, y, _ in pts]), yerr=[e for *_, e in pts], marker=plots.MARKERS[i],
+                        capsize=3, label=name, color=plots.arm_color(name))
+            data[name] = [{"ft_flops": x, "accuracy": y, "std": e} for x, y, e in pts]
+    ax.set_xscale("log")
+    ax.set(xlabel="finetuning TFLOPs (ledger)", ylabel="exact match % (fresh_test_2)",
+           title="accuracy against finetuning FLOPs (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    plots.save_figure(fig, out_png, {"series": data})
+
+
+def depth_report(cfg: SeparatorConfig) -> dict:
+    """Experiment 4: PausePT_PauseFT against the best baseline on val, at each depth's out_dir (depth.md/.png)."""
+    rows = []
+    for d in cfg.depths_from:
+        s = json.load(open(os.path.join(d, "separator.json")))
+        at = {(r["arm"], r["split"]): r for r in s["rows"]}
+        p, best = s["primary"], s["best_baseline_on_val"]
+        rows.append({"n_layer": s["config"]["n_layer"], "pause": at[(PAUSE_ARM, "fresh_test_2")]["mean"],
+                     "baseline": best, "baseline_acc": at[(best, "fresh_test_2")]["mean"], **p})
+    rows.sort(key=lambda r: r["n_layer"])
+    lines = ["# Depth: PausePT_PauseFT against the best baseline on val (fresh_test_2, exact match %)", ""]
+    lines += lab.md_table(["layers", "PausePT_PauseFT", "best baseline (val)", "its accuracy", "mean diff", "stderr",
+                           "mean/stderr", "+ / −"],
+                          [[r["n_layer"], f"{100 * r['pause']:.1f}", r["baseline"], f"{100 * r['baseline_acc']:.1f}",
+                            lab.fmt(100 * r["mean_diff"], "+.1f"), lab.fmt(100 * r["stderr"]), lab.fmt(r["t"], ".2f"),
+                            f"{r['wins']} / {r['losses']}"] for r in rows])
+    write_text(os.path.join(cfg.out_dir, "depth.md"), "\n".join(lines) + "\n")
+    fig, ax = plots.plt.subplots(figsize=(6, 4))
+    for i, (key, label) in enumerate((("pause", PAUSE_ARM), ("baseline_acc", "best baseline on val"))):
+        ax.plot([r["n_layer"] for r in rows], [100 * r[key] for r in rows], marker=plots.MARKERS[i], label=label,
+                color=plots.arm_color(PAUSE_ARM if i == 0 else "StdFT_flops"))
+    ax.set(xlabel="layers (width 64)", ylabel="exact match % (fresh_test_2)", title="the pause gain against depth")
+    ax.legend(fontsize=8)
+    plots.save_figure(fig, os.path.join(cfg.out_dir, "depth.png"), {"rows": rows})
+    print("\n".join(lines))
+    return {"rows": rows}
 
 
 if __name__ == "__main__":

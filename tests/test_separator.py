@@ -73,3 +73,25 @@ def test_miniature_separator_experiment_matches_every_arm_to_the_pause_arms_flop
         assert abs(r["ft_flops"] - budget) <= step, name
     assert summary["best_baseline_on_val"] in separator.BASELINES
     assert summary["primary"]["split"] == "fresh_test_2" and os.path.exists(tmp_path / "separator.md")
+
+
+def test_the_learning_rate_is_chosen_on_val_alone():
+    rows = [{"arm": "StdFT_flops_lr0.0005", "lr": 5e-4, "split": "val", "mean": 0.60},
+            {"arm": "StdFT_flops_lr0.001", "lr": 1e-3, "split": "val", "mean": 0.70},
+            {"arm": "StdFT_flops_lr0.002", "lr": 2e-3, "split": "val", "mean": 0.65},
+            {"arm": "StdFT_flops_lr0.0005", "lr": 5e-4, "split": "test", "mean": 0.90},  # test never decides
+            {"arm": "StdFT_flops_lr0.002", "lr": 2e-3, "split": "fresh_test_2", "mean": 0.95}]
+    assert separator.chosen_lr(rows, "StdFT_flops") == 1e-3
+    assert separator.chosen_lr(rows, "SepFT_1") is None
+
+
+def test_the_tuning_and_curve_arms_run_on_the_registered_seed_and_multiples():
+    cfg = separator.parse_config(separator.SeparatorConfig, ["--baseline=SepFT_1", "--lr_grid=5e-4,2e-3",
+                                                             "--pause_curve=0.5,2", "--curve=2",
+                                                             "--baseline_lr=2e-3"])
+    extra = {v["name"]: v for v in separator.arms(cfg)[6:]}
+    assert set(extra) == {"PausePT_PauseFT_lr0.0005", "PausePT_PauseFT_lr0.002", "SepFT_1_lr0.0005",
+                          "SepFT_1_lr0.002", "PausePT_PauseFT_x0.5", "PausePT_PauseFT_x2", "SepFT_1_x2"}
+    assert extra["SepFT_1_lr0.002"]["seeds"] == [0] and extra["SepFT_1_lr0.002"]["filler"] == "\\n"
+    assert extra["SepFT_1_x2"]["lr"] == 2e-3 and extra["PausePT_PauseFT_x0.5"]["lr"] == 1e-3
+    assert separator.seeds_of_arm(cfg, extra["SepFT_1_lr0.002"], [0, 1, 2]) == [0]
