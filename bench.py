@@ -87,7 +87,10 @@ def gpt_config_of(tc: TrainConfig) -> GPTConfig:
 # steps on seeded random tokens, printing the step times and losses as JSON.
 STEP_PROCESS = """
 import json, sys, time, torch
-from runtime import setup_runtime
+try:
+    from runtime import setup_runtime
+except ImportError:  # a checkout from before runtime.py (--compare_to an older commit)
+    from common import setup_runtime
 from model import GPT, GPTConfig
 a = json.loads(sys.argv[1])
 rt = setup_runtime(a["device"], "float32", a["seed"])

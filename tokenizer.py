@@ -16,6 +16,9 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 
+import tiktoken
+import tiktoken.load
+
 from config import UserError, opt, run_commands, run_main
 from pause import PAUSE
 from runtime import atomic_open, ensure_writable_file, file_sha256
@@ -64,7 +67,6 @@ def gpt2_ranks(bpe_file: str | None = None) -> dict:
     """GPT-2 ranks from local_bpe_path's file, else downloaded by tiktoken from its URL."""
     if path := local_bpe_path(bpe_file):
         return load_bpe_file(path)
-    import tiktoken.load
     try:
         return tiktoken.load.load_tiktoken_bpe(R50K_URL, expected_hash=R50K_SHA256)
     except Exception as e:  # offline, proxy, bad cache: all end in the same advice
@@ -77,7 +79,6 @@ class GPT2Tokenizer:
     """GPT-2 BPE with <pause> registered as special token 50257 (inside the padded vocab 50304)."""
 
     def __init__(self, bpe_file: str | None = None):
-        import tiktoken
         self.enc = tiktoken.Encoding(name="gpt2_pause", pat_str=R50K_PAT, mergeable_ranks=gpt2_ranks(bpe_file),
                                      special_tokens={EOT: GPT2_EOT, PAUSE: GPT2_PAUSE})
         self.vocab_size, self.eot_id, self.pause_id = GPT2_PAUSE + 1, GPT2_EOT, GPT2_PAUSE

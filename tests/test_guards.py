@@ -1,7 +1,9 @@
 """Nothing unchecked: every option of every script within its declared range, one writer per output
 directory, every write whole or not at all, and inputs (meta.json, checkpoints, prompts) checked at the door."""
 import dataclasses
+import errno
 import gzip
+import io
 import hashlib
 import json
 import os
@@ -248,7 +250,7 @@ def test_verify_catches_an_id_not_below_vocab_size(char_data, tmp_path, capsys):
     assert f"{entry['file']} holds id 50256, not below vocab_size {meta['vocab_size']}" in err
 
 
-def tiny_checkpoint(path, model_meta: dict | None = None, poison: bool = False) -> str:
+def tiny_checkpoint(path, model_meta: dict | None = None, poison: bool = False, **meta) -> str:
     tok = CharTokenizer.build(["abc \n"])
     conf = GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=1, n_embd=8, pause_id=tok.pause_id)
     model = GPT(conf)
@@ -257,7 +259,7 @@ def tiny_checkpoint(path, model_meta: dict | None = None, poison: bool = False) 
             model.lm_head.weight[3, 2] = float("nan")
     state = {"model": model.state_dict(), "optimizer": None,  # written as a damaged file would be, unguarded
              "meta": {"model": model_meta or dataclasses.asdict(conf), "tokenizer": tok.meta(), "kind": "finetune",
-                      "m_ft": 0}}
+                      "m_ft": 0, **meta}}
     torch.save(state, path)
     return str(path)
 
@@ -276,6 +278,39 @@ def test_a_checkpoint_with_nan_weights_is_refused(tmp_path, capsys):
                       (sample.main, sample.SampleConfig(ckpt=path, device="cpu")),
                       (finetune.main, finetune.FinetuneConfig(init_from=path, out_dir=str(tmp_path / "ft")))):
         assert "tensor(s) hold inf or NaN" in one_line_error(capsys, main, cfg)
+
+
+@pytest.mark.parametrize("damage,says", [({"tokenizer": "char"}, "tokenizer is not a table"),
+                                         ({"tokenizer": {"kind": "char", "vocab_size": "9"}}, "must be integers"),
+                                         ({"step": "7"}, "step is not a number"), ({"config": [1]}, "config is not")])
+def test_a_damaged_checkpoint_meta_is_one_line_for_every_script(char_data, tmp_path, capsys, damage, says):
+    path = tiny_checkpoint(tmp_path / "ckpt.pt", **damage)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "ckpt.pt").write_bytes(open(path, "rb").read())
+    for main, cfg in ((evaluation.main, evaluation.EvalConfig(ckpt=path, device="cpu", task="lambada")),
+                      (sample.main, sample.SampleConfig(ckpt=path, device="cpu")),
+                      (finetune.main, finetune.FinetuneConfig(init_from=path, out_dir=str(tmp_path / "ft"))),
+                      (train.main, parse_config(train.TrainConfig, [f"--out_dir={tmp_path / 'run'}", "--resume",
+                                                                    f"--data_dir={char_data}", *TINY]))):
+        err = one_line_error(capsys, main, cfg)
+        assert "its meta is damaged" in err and says in err, err
+
+
+def test_a_disk_that_fills_when_the_log_closes_is_one_line_and_leaves_no_partial_record(tmp_path, monkeypatch):
+    """The write fits in the buffer; the close flushes it and fails: the guard covers the close too."""
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 0}\n')
+
+    class FullOnClose(io.FileIO):
+        def close(self):
+            if not self.closed:
+                self.write(b"{partial")  # what reached the disk before it filled
+                super().close()
+                raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(runtime, "open", lambda p, mode: FullOnClose(p, mode), raising=False)
+    with pytest.raises(UserError, match="No space left on device"):
+        runtime.append_line(str(path), '{"step": 1}')
+    assert path.read_text() == '{"step": 0}\n'
 
 
 def test_an_empty_prompt_is_a_clear_error(tmp_path, capsys):
