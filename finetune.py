@@ -2,6 +2,7 @@
 layout is pause.assemble's, [prefix, <pause> x m_ft, target, EOT], loss on the target and EOT only.
 
     python finetune.py --init_from=out/pause/ckpt.pt --task=gsm8k --task_file=data/gsm8k/train.jsonl --m_ft=10
+    python finetune.py --init_from=gpt2 --task=gsm8k --m_ft=10     # OpenAI's GPT-2 small (StdPT_PauseFT)
 
 The loop, DDP, checkpoints and resume are train.py's (`fit`); only the batches differ.
 """

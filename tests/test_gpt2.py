@@ -102,6 +102,15 @@ def test_read_meta_of_a_folder_is_a_stdpt_pretraining_with_its_source(hf):
     assert meta["source"] == os.path.abspath(hf[1]) and meta["model"]["gelu_approx"] == "tanh"
 
 
+def test_a_gpt2_this_code_would_not_compute_exactly_is_refused(hf, tmp_path, capsys):
+    config = json.load(open(os.path.join(hf[1], FILES[0])))
+    (tmp_path / FILES[0]).write_text(json.dumps({**config, "activation_function": "relu",
+                                                 "scale_attn_by_inverse_layer_idx": True}))
+    os.symlink(os.path.join(hf[1], FILES[1]), tmp_path / FILES[1])
+    err = cli_error(capsys, GPT.from_pretrained, str(tmp_path))
+    assert "scale_attn_by_inverse_layer_idx=True" in err and "activation_function=relu" in err
+
+
 def test_a_folder_without_weights_is_one_line(tmp_path, capsys):
     (tmp_path / "config.json").write_text("{}")
     err = cli_error(capsys, checkpoint.read_meta, str(tmp_path))
