@@ -15,7 +15,7 @@ import eval as evaluation
 import finetune
 import plots
 import runtime
-from config import UserError, parse_config, run_main
+from config import parse_config, run_main
 from model import GPT, GPTConfig
 from pause import banned_tokens
 from sample import generate
