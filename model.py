@@ -319,16 +319,18 @@ def gpt2_config(folder: str) -> GPTConfig:
     try:
         with open(path, encoding="utf-8") as f:
             hf = json.load(f)
-        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(hf.get("activation_function", "gelu_new"))
+        act = hf.get("activation_function", "gelu_new")
+        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(act)
         shape = {k: hf[k] for k in ("n_positions", "n_layer", "n_head", "n_embd")}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
         raise UserError(f"{path} is not a GPT-2 config.json ({type(e).__name__}: {e})") from None
     wrong = [f"{k}={hf.get(k)}" for k, want in (("model_type", "gpt2"), ("vocab_size", GPTConfig.pause_id),
              ("layer_norm_epsilon", 1e-5), ("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
              ("tie_word_embeddings", True)) if hf.get(k, want) != want]
-    wrong += [f"activation_function={hf.get('activation_function')}"] * (gelu is None)
+    wrong += [f"activation_function={act}"] * (gelu is None)
     wrong += [f"{k}={v}" for k, v in shape.items() if type(v) is not int or v < 1]
-    wrong += [f"n_embd={hf['n_embd']} not a multiple of n_head={hf['n_head']}"] * (not wrong and hf["n_embd"] % hf["n_head"] > 0)
+    if not wrong and shape["n_embd"] % shape["n_head"]:
+        wrong = [f"n_embd={shape['n_embd']} is not a multiple of n_head={shape['n_head']}"]
     if wrong:
         raise UserError(f"{path}: not a GPT-2 this code computes exactly ({', '.join(wrong)})")
     return GPTConfig(block_size=shape["n_positions"], n_layer=shape["n_layer"], n_head=shape["n_head"],

@@ -250,8 +250,9 @@ def hub_url(name: str, file: str) -> str:
 
 def hub_folder(name: str) -> str:
     """The folder ($PAUSEGPT_CACHE or ~/.cache/pausegpt)/NAME holding GPT-2 `name`'s config.json and
-    model.safetensors from the hub, downloaded once (resumable; a partial file stays NAME.part)."""
-    folder = os.path.join(os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "pausegpt"), name)
+    model.safetensors from the hub, downloaded once (resumable: a partial file stays FILE.part, never taken whole)."""
+    cache = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "pausegpt")
+    folder = os.path.join(cache, name)
     for file in ("config.json", "model.safetensors"):
         try:
             download_file(hub_url(name, file), os.path.join(folder, file), GPT2_HUB[name].get(file), f"{name}/{file}")
