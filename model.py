@@ -1,7 +1,8 @@
 """GPT-2-style decoder with a <pause> token id in its config, a KV cache for incremental decoding and
 key masks for left-padded batches; learned (GPT-2) or rotary position embeddings. Read top to bottom;
 the method lives in pause.py (the model only knows the pause's id). Below the model, a speed section:
-code that gives the same numbers faster, each part tested equal to the plain path.
+code that gives the same numbers faster, each part tested equal to the plain path; last, OpenAI's GPT-2 weights
+read into this model (GPT.from_pretrained), tested equal to transformers' logits.
 
 References: karpathy/nanoGPT model.py; GPT-2 (Radford et al., 2019); Goyal et al., ICLR 2024 (pause tokens);
 Su et al., 2021 (RoFormer, rotary position embeddings).
@@ -297,6 +298,57 @@ class GPT(nn.Module):
         return self
 
 
+# ----------------------------------------------------------------------------- speed: the training loss
+def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """F.cross_entropy(h @ w.T, targets, ignore_index=-1), `chunk` rows at a time (tested equal to it)."""
+    with_grad = torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)
+    return ChunkedCrossEntropy.apply(h, w, targets, chunk, with_grad)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the logits h @ w.T (h: rows x d, w: vocab x d) over targets != -1, `chunk` rows at a
+    time, the gradient taken on the spot: the full (rows x vocab) float32 logits and their softmax are never held
+    (at batch 8 x 256, vocab 50304 that is 0.4 GB each, and several passes over memory a step)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int,
+                with_grad: bool) -> torch.Tensor:
+        rows = (targets != -1).nonzero()[:, 0]  # ignored targets (pauses) cost no logits at all
+        dev = h.device.type  # the matmuls run in autocast's dtype, cast here: autocast skips the in-place addmm_
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
+        hk, tk, n, wc = h[rows].to(cdt), targets[rows], max(len(rows), 1), w.to(cdt)
+        loss = torch.zeros((), device=h.device)
+        grad_h = torch.zeros_like(h) if with_grad else None
+        grad_w = None
+        with torch.autocast(dev, enabled=False):
+            for s in range(0, len(rows), chunk):
+                hc, t = hk[s:s + chunk], tk[s:s + chunk]
+                logp = torch.log_softmax((hc @ wc.t()).float(), -1)  # one fused pass over the chunk's logits
+                loss -= logp.gather(1, t[:, None]).sum()
+                if with_grad:  # d loss / d logits = (softmax - one_hot(target)) / n
+                    probs = logp.exp_()
+                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                    grad_h[rows[s:s + chunk]] = (probs.to(cdt) @ wc).div_(n).to(h.dtype)
+                    g = probs.t().to(cdt)
+                    # the first chunk writes the vocab x d gradient, the others add in place: no zero-filled
+                    # temporary; the sum is kept in w's dtype (float32) when the products are in bfloat16
+                    if grad_w is None:
+                        grad_w = (g @ hc).to(w.dtype).div_(n)
+                    elif cdt == w.dtype:
+                        grad_w.addmm_(g, hc, alpha=1 / n)
+                    else:
+                        grad_w.add_(g @ hc, alpha=1 / n)
+        if with_grad and grad_w is None:  # every target ignored
+            grad_w = torch.zeros_like(w)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
+
+
 # ----------------------------------------------------------------------------- OpenAI's GPT-2 weights
 def gpt2_folder(name_or_folder: str) -> str:
     """The folder of a Hugging Face GPT-2: name_or_folder itself, or the hub's model of that name (hub_folder)."""
@@ -379,54 +431,3 @@ def gpt2_state_dict(folder: str, device: str | torch.device = "cpu") -> tuple[GP
         raise UserError(f"{path} holds tensors a GPT-2 has no place for (e.g. {next(iter(hf))})")
     state["lm_head.weight"] = state["transformer.wte.weight"]  # tied: one tensor, as in GPT
     return config, state
-
-
-# ----------------------------------------------------------------------------- speed: the training loss
-def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-    """F.cross_entropy(h @ w.T, targets, ignore_index=-1), `chunk` rows at a time (tested equal to it)."""
-    with_grad = torch.is_grad_enabled() and (h.requires_grad or w.requires_grad)
-    return ChunkedCrossEntropy.apply(h, w, targets, chunk, with_grad)
-
-
-class ChunkedCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of the logits h @ w.T (h: rows x d, w: vocab x d) over targets != -1, `chunk` rows at a
-    time, the gradient taken on the spot: the full (rows x vocab) float32 logits and their softmax are never held
-    (at batch 8 x 256, vocab 50304 that is 0.4 GB each, and several passes over memory a step)."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int,
-                with_grad: bool) -> torch.Tensor:
-        rows = (targets != -1).nonzero()[:, 0]  # ignored targets (pauses) cost no logits at all
-        dev = h.device.type  # the matmuls run in autocast's dtype, cast here: autocast skips the in-place addmm_
-        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
-        hk, tk, n, wc = h[rows].to(cdt), targets[rows], max(len(rows), 1), w.to(cdt)
-        loss = torch.zeros((), device=h.device)
-        grad_h = torch.zeros_like(h) if with_grad else None
-        grad_w = None
-        with torch.autocast(dev, enabled=False):
-            for s in range(0, len(rows), chunk):
-                hc, t = hk[s:s + chunk], tk[s:s + chunk]
-                logp = torch.log_softmax((hc @ wc.t()).float(), -1)  # one fused pass over the chunk's logits
-                loss -= logp.gather(1, t[:, None]).sum()
-                if with_grad:  # d loss / d logits = (softmax - one_hot(target)) / n
-                    probs = logp.exp_()
-                    probs[torch.arange(len(t), device=t.device), t] -= 1.0
-                    grad_h[rows[s:s + chunk]] = (probs.to(cdt) @ wc).div_(n).to(h.dtype)
-                    g = probs.t().to(cdt)
-                    # the first chunk writes the vocab x d gradient, the others add in place: no zero-filled
-                    # temporary; the sum is kept in w's dtype (float32) when the products are in bfloat16
-                    if grad_w is None:
-                        grad_w = (g @ hc).to(w.dtype).div_(n)
-                    elif cdt == w.dtype:
-                        grad_w.addmm_(g, hc, alpha=1 / n)
-                    else:
-                        grad_w.add_(g @ hc, alpha=1 / n)
-        if with_grad and grad_w is None:  # every target ignored
-            grad_w = torch.zeros_like(w)
-        ctx.save_for_backward(grad_h, grad_w)
-        return loss / n
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
