@@ -393,8 +393,8 @@ def gpt2_state_dict(folder: str, device: str | torch.device = "cpu") -> tuple[GP
     """(config, state dict of this project's GPT) of the Hugging Face GPT-2 in `folder`, read with safetensors
     (no pickle), every tensor's name and shape checked. The <pause> row (50257) and the padding rows up to 50304
     start as the mean of GPT-2's token embeddings: a new row's logit is then the mean of the real tokens' logits,
-    so it starts with at most about an average token's probability (N(0, 0.02) would put its logit near 0, above
-    most of GPT-2's, and hand it a large share of the softmax that finetuning must first unlearn)."""
+    so it starts with at most about an average token's probability (N(0, 0.02) would put its logit near 0 wherever
+    GPT-2's logits lie, which can hand it a large share of the softmax that finetuning must first unlearn)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     config, path = gpt2_config(folder), os.path.join(folder, "model.safetensors")
