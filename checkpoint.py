@@ -13,9 +13,9 @@ import re
 import torch
 
 from config import UserError
-from model import GPT, GPTConfig
-from runtime import append_line, atomic_open, ensure_writable_dir, lock_dir
-from tokenizer import from_meta
+from model import GPT, GPTConfig, gpt2_config, gpt2_folder, gpt2_state_dict
+from runtime import GPT2_HUB, append_line, atomic_open, ensure_writable_dir, hub_url, lock_dir
+from tokenizer import GPT2_EOT, GPT2_PAUSE, from_meta
 
 
 # ----------------------------------------------------------------------------- the file
@@ -42,9 +42,14 @@ def save_checkpoint(path: str, model: torch.nn.Module, optimizer, meta: dict) ->
 
 
 def load_checkpoint(path: str, device: str | torch.device = "cpu") -> dict:
-    """A checkpoint written by save_checkpoint with a well-formed meta, or a UserError saying what is wrong."""
+    """A checkpoint written by save_checkpoint with a well-formed meta, or OpenAI's GPT-2 (is_gpt2) as one; else
+    a UserError saying what is wrong."""
+    if is_gpt2(path):
+        conf, state = gpt2_state_dict(gpt2_folder(path), device)
+        return {"model": state, "optimizer": None, "meta": gpt2_meta(path, conf)}
     if os.path.isdir(path):
-        raise UserError(f"checkpoint {path} is a directory; give the file in it (e.g. {os.path.join(path, 'ckpt.pt')})")
+        raise UserError(f"checkpoint {path} is a directory; give the file in it (e.g. {os.path.join(path, 'ckpt.pt')}) "
+                        "or a folder holding a Hugging Face GPT-2's config.json and model.safetensors")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist")
     try:
@@ -74,9 +79,25 @@ def meta_problem(meta: dict) -> str | None:
     return None
 
 
+# ----------------------------------------------------------------------------- OpenAI's GPT-2 as a checkpoint
+def is_gpt2(path: str) -> bool:
+    """Whether `path` names GPT-2 on the hub (gpt2, gpt2-medium, gpt2-large, gpt2-xl; a file or folder of that
+    name wins) or a folder holding a Hugging Face GPT-2 (config.json)."""
+    return os.path.isfile(os.path.join(path, "config.json")) or (path in GPT2_HUB and not os.path.exists(path))
+
+
+def gpt2_meta(path: str, conf: GPTConfig) -> dict:
+    """The meta of GPT-2 as a StdPT pretraining (pause_frac 0) with the GPT-2 BPE, and where it came from."""
+    return {"kind": "pretrain", "model": dataclasses.asdict(conf), "config": {"pause_frac": 0.0},
+            "tokenizer": {"kind": "gpt2", "vocab_size": GPT2_PAUSE + 1, "eot_id": GPT2_EOT, "pause_id": GPT2_PAUSE},
+            "source": hub_url(path, "model.safetensors") if path in GPT2_HUB else os.path.abspath(path)}
+
+
 def read_meta(path: str) -> dict:
     """The meta of a checkpoint that can start a run (a model config, a tokenizer, finite weights), without
-    building its model."""
+    building its model (GPT-2: from its config.json; load_model checks its weights)."""
+    if is_gpt2(path):
+        return gpt2_meta(path, gpt2_config(gpt2_folder(path)))
     ckpt = load_checkpoint(path)
     if "model" not in ckpt["meta"] or "tokenizer" not in ckpt["meta"]:
         raise UserError(f"checkpoint {path} has no model config or tokenizer in its meta")

@@ -39,7 +39,8 @@ from tokenizer import inserted_token
 @dataclass
 class EvalConfig:
     """Evaluate a checkpoint on a task, sweeping the number of pauses appended at inference."""
-    ckpt: str = opt("out/finetune/ckpt.pt", "checkpoint to evaluate")
+    ckpt: str = opt("out/finetune/ckpt.pt", "checkpoint to evaluate (or gpt2 ... gpt2-xl, or a Hugging Face GPT-2 "
+                                            "folder)")
     task: str = opt("", "task name (default: a finetuned checkpoint's own task)", choices=("",) + tuple(tasks.TASKS))
     task_file: str = opt("", "the task's evaluation file in its official format (default: data/tasks/TASK/<eval file>)")
     m_inf: list[int] = opt([-1], "pauses at inference, one value or a list like 0,1,2,5,10,20 (-1 = the checkpoint's m_ft)",

@@ -2,6 +2,7 @@
 layout is pause.assemble's, [prefix, <pause> x m_ft, target, EOT], loss on the target and EOT only.
 
     python finetune.py --init_from=out/pause/ckpt.pt --task=gsm8k --task_file=data/gsm8k/train.jsonl --m_ft=10
+    python finetune.py --init_from=gpt2 --task=gsm8k --m_ft=10     # OpenAI's GPT-2 small (StdPT_PauseFT)
 
 The loop, DDP, checkpoints and resume are train.py's (`fit`); only the batches differ.
 """
@@ -23,7 +24,8 @@ from train import MAX_LR, LoopConfig, fit
 @dataclass
 class FinetuneConfig(LoopConfig):
     """Finetune a pretrained checkpoint on a task's (prefix, target) pairs, with m_ft pauses between them."""
-    init_from: str = opt("out/pretrain/ckpt.pt", "the pretrained checkpoint to start from")
+    init_from: str = opt("out/pretrain/ckpt.pt", "the pretrained checkpoint to start from, or OpenAI's GPT-2: gpt2, "
+                         "gpt2-medium, gpt2-large, gpt2-xl (downloaded once) or a Hugging Face GPT-2 folder")
     task: str = opt("gsm8k", "task name", choices=tuple(tasks.TASKS))
     task_file: str = opt("", "the task's training file in its official format (default: data/tasks/TASK/<train file>)")
     m_ft: str = opt("0", "pauses between prefix and target: 0 = StdFT, e.g. 10 = PauseFT; lo:hi = a number "
@@ -144,7 +146,8 @@ def main(cfg: FinetuneConfig, make_data=None) -> None:
             meta = {"kind": "finetune", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
                     "tokenizer": pre["tokenizer"], "task": cfg.task, "filler": cfg.filler,
                     "m_ft": m_hi, "m_ft_range": [m_lo, m_hi],  # a range's default M_inf is its largest value
-                    "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre)}
+                    "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre),
+                    "init_from": cfg.init_from, **({"source": pre["source"]} if "source" in pre else {})}
             fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
     finally:
         teardown(rt)

@@ -1,17 +1,24 @@
 """GPT-2-style decoder with a <pause> token id in its config, a KV cache for incremental decoding and
 key masks for left-padded batches; learned (GPT-2) or rotary position embeddings. Read top to bottom;
 the method lives in pause.py (the model only knows the pause's id). Below the model, a speed section:
-code that gives the same numbers faster, each part tested equal to the plain path.
+code that gives the same numbers faster, each part tested equal to the plain path; last, OpenAI's GPT-2 weights
+read into this model (GPT.from_pretrained), tested equal to transformers' logits.
 
 References: karpathy/nanoGPT model.py; GPT-2 (Radford et al., 2019); Goyal et al., ICLR 2024 (pause tokens);
 Su et al., 2021 (RoFormer, rotary position embeddings).
 """
+import json
 import math
+import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from config import UserError
+from runtime import GPT2_HUB, hub_folder
 
 # Dense bf16 tensor-core peak per GPU (NVIDIA datasheets); first substring of the device name that matches wins.
 PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -29,6 +36,7 @@ class GPTConfig:
     bias: bool = False  # biases in Linears and LayerNorms (GPT-2 has them; without is a bit better and faster)
     pause_id: int = 50257  # the <pause> token's id: a config field, never a magic number elsewhere
     pos: str = "learned"  # positions: "learned" (GPT-2's wpe table) or "rope" (rotary q and k, no parameters)
+    gelu_approx: str = "none"  # GELU: "none" (exact, this project's models) or "tanh" (OpenAI's GPT-2 weights)
 
 
 class LayerNorm(nn.Module):
@@ -118,7 +126,7 @@ class MLP(nn.Module):
         super().__init__()
         hidden = config.mlp_hidden or 4 * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu_approx)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -154,6 +162,8 @@ class GPT(nn.Module):
             raise ValueError(f"pause_id={config.pause_id} is outside the vocabulary 0..{config.vocab_size - 1}")
         if config.pos not in ("learned", "rope"):
             raise ValueError(f"pos={config.pos!r} must be 'learned' or 'rope'")
+        if config.gelu_approx not in ("none", "tanh"):
+            raise ValueError(f"gelu_approx={config.gelu_approx!r} must be 'none' or 'tanh'")
         if config.pos == "rope" and (config.n_embd // config.n_head) % 2:
             raise ValueError(f"pos='rope' needs an even head size, not n_embd/n_head={config.n_embd // config.n_head}")
         self.config = config
@@ -170,6 +180,15 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # residual projections, scaled as in GPT-2
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @classmethod
+    def from_pretrained(cls, name_or_folder: str) -> "GPT":
+        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large or gpt2-xl, downloaded once from the Hugging Face hub) or a
+        folder holding a Hugging Face GPT-2 (config.json + model.safetensors), with <pause> added; in eval mode."""
+        config, state = gpt2_state_dict(gpt2_folder(name_or_folder))
+        model = cls(config)
+        model.load_state_dict(state)
+        return model.eval()
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -328,3 +347,87 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_loss, grad_w * grad_loss, None, None, None
+
+
+# ----------------------------------------------------------------------------- OpenAI's GPT-2 weights
+def gpt2_folder(name_or_folder: str) -> str:
+    """The folder of a Hugging Face GPT-2: name_or_folder itself, or the hub's model of that name (hub_folder)."""
+    if os.path.isdir(name_or_folder):
+        if missing := [f for f in ("config.json", "model.safetensors")
+                       if not os.path.isfile(os.path.join(name_or_folder, f))]:
+            raise UserError(f"{name_or_folder} holds no {' or '.join(missing)}: give a folder as save_pretrained("
+                            "..., safe_serialization=True) writes it, or a name (" + ", ".join(GPT2_HUB) + ")")
+        return name_or_folder
+    if name_or_folder in GPT2_HUB:
+        return hub_folder(name_or_folder)
+    raise UserError(f"{name_or_folder!r} is neither a folder nor one of " + ", ".join(GPT2_HUB))
+
+
+def gpt2_config(folder: str) -> GPTConfig:
+    """The GPTConfig of the Hugging Face GPT-2 in `folder` (its config.json): GPT-2's shape, biases and tanh GELU,
+    its 50257 tokens and <pause> right after them (GPTConfig's vocab_size and pause_id); a UserError for a model
+    this code would not compute exactly."""
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            hf = json.load(f)
+        act = hf.get("activation_function", "gelu_new")
+        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}.get(act)
+        shape = {k: hf[k] for k in ("n_positions", "n_layer", "n_head", "n_embd")}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
+        raise UserError(f"{path} is not a GPT-2 config.json ({type(e).__name__}: {e})") from None
+    wrong = [f"{k}={hf.get(k)}" for k, want in (("model_type", "gpt2"), ("vocab_size", GPTConfig.pause_id),
+             ("layer_norm_epsilon", 1e-5), ("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+             ("tie_word_embeddings", True)) if hf.get(k, want) != want]
+    wrong += [f"activation_function={act}"] * (gelu is None)
+    wrong += [f"{k}={v}" for k, v in shape.items() if type(v) is not int or v < 1]
+    if not wrong and shape["n_embd"] % shape["n_head"]:
+        wrong = [f"n_embd={shape['n_embd']} is not a multiple of n_head={shape['n_head']}"]
+    if wrong:
+        raise UserError(f"{path}: not a GPT-2 this code computes exactly ({', '.join(wrong)})")
+    return GPTConfig(block_size=shape["n_positions"], n_layer=shape["n_layer"], n_head=shape["n_head"],
+                     n_embd=shape["n_embd"], mlp_hidden=hf.get("n_inner") or 0, bias=True, gelu_approx=gelu)
+
+
+def gpt2_state_dict(folder: str, device: str | torch.device = "cpu") -> tuple[GPTConfig, dict]:
+    """(config, state dict of this project's GPT) of the Hugging Face GPT-2 in `folder`, read with safetensors
+    (no pickle), every tensor's name and shape checked. The <pause> row (50257) and the padding rows up to 50304
+    start as the mean of GPT-2's token embeddings: a new row's logit is then the mean of the real tokens' logits,
+    so it starts with at most about an average token's probability (N(0, 0.02) would put its logit near 0 wherever
+    GPT-2's logits lie, which can hand it a large share of the softmax that finetuning must first unlearn)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    config, path = gpt2_config(folder), os.path.join(folder, "model.safetensors")
+    try:
+        hf = load_file(path, device=str(device))
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"{path} cannot be read as safetensors ({e}); delete it to download it again") from None
+    # the hub's files name tensors without "transformer." and hold each layer's causal mask as attn.(masked_)bias
+    hf = {k.removeprefix("transformer."): v for k, v in hf.items()
+          if not re.fullmatch(r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias", k)}
+    head = hf.pop("lm_head.weight", None)
+    if head is not None and not torch.equal(head, hf.get("wte.weight", head[:0])):
+        raise UserError(f"{path}: its output layer is not its token embedding; this GPT ties them, as GPT-2 does")
+    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    E, H = config.n_embd, config.mlp_hidden or 4 * config.n_embd
+    layer = {"ln_1.weight": (E,), "ln_1.bias": (E,), "attn.c_attn.weight": (3 * E, E), "attn.c_attn.bias": (3 * E,),
+             "attn.c_proj.weight": (E, E), "attn.c_proj.bias": (E,), "ln_2.weight": (E,), "ln_2.bias": (E,),
+             "mlp.c_fc.weight": (H, E), "mlp.c_fc.bias": (H,), "mlp.c_proj.weight": (E, H), "mlp.c_proj.bias": (E,)}
+    want = {"wte.weight": (config.vocab_size, E), "wpe.weight": (config.block_size, E),
+            **{f"h.{i}.{k}": s for i in range(config.n_layer) for k, s in layer.items()},
+            "ln_f.weight": (E,), "ln_f.bias": (E,)}  # GPT's tensors, but for lm_head (tied to wte)
+    state = {}
+    for name, shape in want.items():
+        if name not in hf:
+            raise UserError(f"{path} has no tensor {name}: not a GPT-2 of its config.json's shape")
+        t = hf.pop(name).float()
+        t = t.t() if name.endswith(conv1d) else t  # HF's Conv1D keeps (in, out); nn.Linear is (out, in)
+        if name == "wte.weight" and t.shape == (config.pause_id, config.n_embd):
+            t = torch.cat([t, t.mean(0, keepdim=True).expand(config.vocab_size - len(t), -1)])
+        if t.shape != shape:
+            raise UserError(f"{path}: {name} is {tuple(t.shape)}, its config.json's shape needs {tuple(shape)}")
+        state["transformer." + name] = t.contiguous()
+    if hf:
+        raise UserError(f"{path} holds tensors a GPT-2 has no place for (e.g. {next(iter(hf))})")
+    state["lm_head.weight"] = state["transformer.wte.weight"]  # tied: one tensor, as in GPT
+    return config, state

@@ -232,3 +232,31 @@ def download_file(url: str, dest: str, sha256: str | None = None, desc: str | No
         raise UserError(f"download of {url} has sha256 {digest[:12]}…, expected {sha256[:12]}…; deleted it")
     os.replace(part, dest)
     return dest
+
+
+# ----------------------------------------------------------------------------- GPT-2 from the Hugging Face hub
+HF_URL_ENV, CACHE_ENV = "PAUSEGPT_HF_URL", "PAUSEGPT_CACHE"  # a mirror of the hub; where downloads are kept
+# sha256 of each file where a published value was found (gpt2: hub revision 607a30d, 665 and 548,105,171 bytes).
+# The others are checked by what can be: the length the server announced, then reading them (safetensors' header,
+# every tensor's name and shape against config.json: model.gpt2_state_dict).
+GPT2_HUB = {"gpt2": {"config.json": "0daed7749b4f02b8f76240d5444551d7b08712dab4d0adb8239c56ba823bb7b4",
+                     "model.safetensors": "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"},
+            "gpt2-medium": {}, "gpt2-large": {}, "gpt2-xl": {}}
+
+
+def hub_url(name: str, file: str) -> str:
+    return f"{(os.environ.get(HF_URL_ENV) or 'https://huggingface.co').rstrip('/')}/{name}/resolve/main/{file}"
+
+
+def hub_folder(name: str) -> str:
+    """The folder ($PAUSEGPT_CACHE or ~/.cache/pausegpt)/NAME holding GPT-2 `name`'s config.json and
+    model.safetensors from the hub, downloaded once (resumable: a partial file stays FILE.part, never taken whole)."""
+    cache = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "pausegpt")
+    folder = os.path.join(cache, name)
+    for file in ("config.json", "model.safetensors"):
+        try:
+            download_file(hub_url(name, file), os.path.join(folder, file), GPT2_HUB[name].get(file), f"{name}/{file}")
+        except UserError as e:
+            raise UserError(f"{e} (a mirror: set {HF_URL_ENV}; offline: pass a folder holding a Hugging Face GPT-2's "
+                            "config.json and model.safetensors)") from None
+    return folder

@@ -20,7 +20,8 @@ from tokenizer import inserted_token
 @dataclass
 class SampleConfig:
     """Generate text from a checkpoint, with M_inf pauses appended to the prompt."""
-    ckpt: str = opt("out/pretrain/ckpt.pt", "checkpoint to sample from")
+    ckpt: str = opt("out/pretrain/ckpt.pt", "checkpoint to sample from (or gpt2 ... gpt2-xl, or a Hugging Face GPT-2 "
+                                            "folder)")
     prompt: str = opt("\n", "the prompt (\\n is a newline); FILE:path reads it from a file")
     m_inf: int = opt(-1, "pauses appended to the prompt (-1 = the checkpoint's m_ft, 0 for a pretrained one)", ge=-1)
     filler: str = opt("", "ablation: this ordinary one-token text instead of <pause> (default: the checkpoint's)")
