@@ -328,3 +328,11 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_loss, grad_w * grad_loss, None, None, None
+
+
+if __name__ == "__main__":
+    import sys
+
+    from config import module_main, run_main
+    run_main(module_main, "model.py", __doc__, "train it with python train.py, sample from it with python sample.py "
+             "(each takes --help)", sys.argv[1:])

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
-from config import UserError, config_help, opt, parse_config, run_main  # noqa: E402
+from config import UserError, config_help, opt, parse_config, print_help, run_main  # noqa: E402
 from runtime import atomic_open, write_json  # noqa: E402
 
 VARIANTS = ["StdPT_StdFT", "StdPT_PauseFT", "PausePT_StdFT", "PausePT_PauseFT"]
@@ -361,9 +361,9 @@ def cli(argv: list[str]) -> None:
         if argv[:1] not in (["-h"], ["--help"]):
             raise UserError(f"unknown command {argv[0] if argv else ''!r}; use python plots.py minf|variants "
                             "RESULTS.json ... --out=FILE.png (see python plots.py --help)")
-        print(__doc__.strip() + "\n")
-        for name, (cls, _) in commands.items():
-            print(config_help(cls, f"plots.py {name} RESULTS.json ...") + "\n")
+        usage = "usage: python plots.py {minf,variants} RESULTS.json ... [--key=value ...]"
+        print_help("\n\n".join([usage, __doc__.strip()] + [config_help(cls, f"plots.py {name} RESULTS.json ...")
+                                                      for name, (cls, _) in commands.items()]))
         return
     cls, draw = commands[argv[0]]
     files, options, rest = [], [], argv[1:]

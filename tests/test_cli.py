@@ -102,3 +102,53 @@ def test_sample_uses_the_checkpoints_filler_and_prepend(tmp_path, capsys):
     sample.main(parse_config(sample.SampleConfig, [f"--ckpt={path}", "--device=cpu", "--prompt=gap 1 2 Answer:",
                                                    "--max_new_tokens=2", "--stop_at_eot=false"]))
     assert capsys.readouterr().out.startswith(". . . gap 1 2 Answer:")
+
+
+HELP = ["tokenizer.py", "tasks.py", "data.py", "train.py", "finetune.py", "sample.py", "eval.py", "bench.py",
+        "bench_data.py", "plots.py"]
+NO_COMMAND = ["prepare.py", "flops.py", "model.py", "metrics.py"]  # libraries: their docstring and what to run
+
+
+@pytest.mark.parametrize("script", HELP + NO_COMMAND)
+def test_every_script_help_exits_0_and_prints_its_options(script):
+    p = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    if script in NO_COMMAND:
+        assert f"{script} has no command of its own: " in p.stdout and "python " in p.stdout.splitlines()[-1]
+    else:
+        assert p.stdout.startswith("usage:") and "\n  --" in p.stdout and "options (defaults in brackets" in p.stdout
+
+
+def help_at_a_terminal(script: str, columns: int) -> str:
+    """What `python SCRIPT --help` prints to a terminal `columns` wide (a pseudo-terminal)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    p = subprocess.Popen([sys.executable, script, "--help"], cwd=ROOT, stdout=slave, stderr=slave,
+                         env={**env, "OMP_NUM_THREADS": "1"})
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait() == 0
+    return out.decode().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("script", ["train.py", "data.py", "plots.py", "model.py"])
+def test_help_at_a_terminal_fits_its_width(script):
+    text = help_at_a_terminal(script, 72)
+    assert max(map(len, text.splitlines())) <= 72 and "usage:" in text or "no command of its own" in text
+    piped = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "".join(text.split()) == "".join(piped.split())  # the same text, only the line breaks differ
