@@ -81,7 +81,9 @@ def test_sample_bad_inputs(tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert "corrupt" in sample_error([f"--ckpt={tmp_path}/bad.pt"], capsys)
     assert "--m_inf must be an integer >= -1" in sample_error([f"--ckpt={path}", "--m_inf=-2", "--prompt=abc"], capsys)
-    assert "block size" in sample_error([f"--ckpt={path}", "--m_inf=10", "--prompt=abcabc"], capsys)
+    assert sample_error([f"--ckpt={path}", "--m_inf=10", "--prompt=abcabc"], capsys).endswith(
+        "block size 16 leaves no room to answer; the largest M_inf that fits is 9")  # 6 + 9 = 15 leave 1 to answer
+    assert "the prompt alone is 18 tokens" in sample_error([f"--ckpt={path}", "--m_inf=0", "--prompt=" + "abc" * 6], capsys)
     wrong = dataclasses.replace(conf, pause_id=3)  # a model whose pause slot is not its tokenizer's
     save_checkpoint(str(tmp_path / "other.pt"), GPT(wrong), None,
                     {"model": dataclasses.asdict(wrong), "tokenizer": tok.meta()})
