@@ -11,9 +11,15 @@ import os
 import shutil
 import sys
 import textwrap
-import tomllib
 import types
 import typing
+
+try:
+    import tomllib  # new in Python 3.11, as hashlib.file_digest (runtime.py)
+except ModuleNotFoundError:  # every script imports this file first: the one line before anything else fails
+    print(f"error: pausegpt needs Python >= 3.11, this is {sys.version.split()[0]} (README, 'Install and test')",
+          file=sys.stderr)
+    sys.exit(2)
 
 
 class UserError(Exception):

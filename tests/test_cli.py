@@ -156,3 +156,14 @@ def test_help_at_a_terminal_fits_its_width(script):
     assert max(map(len, text.splitlines())) <= 72 and "usage:" in text or "no command of its own" in text
     piped = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "".join(text.split()) == "".join(piped.split())  # the same text, only the line breaks differ
+
+
+def test_the_python_it_needs_is_stated_and_an_older_one_is_one_line():
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["requires-python"] == ">=3.11"
+    assert "Python ≥ 3.11" in open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    older = "import sys; sys.modules['tomllib'] = None; import train"  # as on Python 3.10, which has no tomllib
+    p = subprocess.run([sys.executable, "-c", older], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: pausegpt needs Python >= 3.11, this is ")
+    assert p.stderr.count("\n") == 1
