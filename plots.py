@@ -1,7 +1,8 @@
 """Figures of pause experiments: a metric vs M_inf (the paper's Figure 4), the variants side by side at
 M_inf = M_ft (Figure 2), training/validation loss curves and accuracy vs FLOPs. Each PNG gets the data
 behind it in a .json of the same name (its colours included). Inputs are result records as written by
-eval.py (or their seed averages). Every arm has one colour in every figure; values are in %.
+eval.py (or their seed averages). Every arm has one colour in every figure, every curve of a figure its own;
+values are in %.
 
     python plots.py minf out/a/results.json out/b/results.json --out=minf.png   # one line per checkpoint
     python plots.py variants out/a/results.json out/b/results.json --out=bars.png
@@ -100,7 +101,8 @@ def _err_name(rows: list[dict]) -> str:
     """What the error bars are, over the examples of the split the records name (test, val, ...)."""
     seeds, splits = {r.get("n_seeds", 1) for r in rows}, {r.get("split") for r in rows}
     if seeds == {1}:
-        return f"± 1 standard error over the {splits.pop() + ' ' if len(splits) == 1 and None not in splits else ''}examples"
+        split = splits.pop() + " " if len(splits) == 1 and None not in splits else ""
+        return f"± 1 standard error over the {split}examples"
     if 1 not in seeds:
         return f"± 1 std over {seeds.pop() if len(seeds) == 1 else 'the'} seeds"
     return "± 1 std over seeds (seed averages), ± 1 standard error (single runs)"
