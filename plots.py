@@ -341,6 +341,10 @@ class MinfPlotConfig:
     metric: str = opt("", "which metric (default: the first in the files, e.g. em or acc)")
     title: str = opt("", "what the task is, for the title (default: the task name of the results)")
 
+    def validate(self) -> None:
+        if not self.out.lower().endswith(".png"):  # its data goes to OUT.json: never over a results file
+            raise UserError(f"--out={self.out} must name a .png file (its data is written beside it as .json)")
+
 
 @dataclass
 class VariantsPlotConfig(MinfPlotConfig):

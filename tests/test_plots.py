@@ -287,3 +287,12 @@ def test_a_flops_figure_of_one_seed_says_so(tmp_path):
     rows, recs = flops_rows(["StdPT_StdFT"])
     plots.accuracy_vs_flops(rows, recs * 3, "train_flops", "FLOPs", str(tmp_path / "three.png"), "t")
     assert "mean ± std over seeds" in json.loads((tmp_path / "three.json").read_text())["ylabel"]
+
+
+@pytest.mark.parametrize("out", ["{a}", "{d}/", "{d}/fig.jpg"])
+def test_out_must_be_a_png_so_no_results_file_is_written_over(tmp_path, out):
+    a = write_results(tmp_path / "a.json", "StdPT_StdFT", 0, [0.4, 0.1, 0.0])
+    before = (tmp_path / "a.json").read_text()
+    with pytest.raises(UserError, match=r"must name a \.png file"):
+        plots.cli(["minf", a, "--out=" + out.format(a=a, d=tmp_path)])
+    assert (tmp_path / "a.json").read_text() == before and sorted(os.listdir(tmp_path)) == ["a.json"]
