@@ -153,7 +153,7 @@ def help_at_a_terminal(script: str, columns: int) -> str:
 @pytest.mark.parametrize("script", ["train.py", "data.py", "plots.py", "model.py"])
 def test_help_at_a_terminal_fits_its_width(script):
     text = help_at_a_terminal(script, 72)
-    assert max(map(len, text.splitlines())) <= 72 and "usage:" in text or "no command of its own" in text
+    assert max(map(len, text.splitlines())) <= 72 and ("usage:" in text or "no command of its own" in text)
     piped = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "".join(text.split()) == "".join(piped.split())  # the same text, only the line breaks differ
 
