@@ -11,9 +11,15 @@ import os
 import shutil
 import sys
 import textwrap
-import tomllib
 import types
 import typing
+
+try:
+    import tomllib  # new in Python 3.11, as hashlib.file_digest (runtime.py)
+except ModuleNotFoundError:  # every script imports this file first: the one line before anything else fails
+    print(f"error: pausegpt needs Python >= 3.11, this is {sys.version.split()[0]} (README, 'Install and test')",
+          file=sys.stderr)
+    sys.exit(2)
 
 
 class UserError(Exception):
@@ -108,8 +114,7 @@ def check_config(cfg):
 
 def config_help(cls, prog: str) -> str:
     """The usage, the config's docstring and one entry per option (a script's own options first)."""
-    hints, width = typing.get_type_hints(cls), max(60, min(shutil.get_terminal_size().columns, 120))
-    wrap = sys.stdout.isatty()
+    hints = typing.get_type_hints(cls)
     out = [f"usage: {prog} [CONFIG.toml] [--key=value ...]", "", (cls.__doc__ or "").strip(), "",
            "options (defaults in brackets; a CONFIG.toml or --config=FILE sets keys, then the --key=value overrides):"]
     order = {name: i for i, name in enumerate(cls.__dict__.get("__annotations__", {}))}
@@ -119,11 +124,32 @@ def config_help(cls, prog: str) -> str:
         if isinstance(shown, str):  # a newline default shows as \n, not as a line break
             shown = shown.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
         accepts = _accepts(f.metadata.get("rule", {}), hints[f.name])
-        text = f"--{f.name}={_type_name(hints[f.name])}".ljust(33) + f" {f.metadata.get('help', '')} [{shown}]" + \
-            (f" ({accepts})" if accepts else "")
-        # at a terminal, wrapped to its width; piped, one line per option (for grep)
-        out += textwrap.wrap(text, width, initial_indent="  ", subsequent_indent=" " * 36) if wrap else ["  " + text]
+        out.append(f"  --{f.name}={_type_name(hints[f.name])}".ljust(35) + f" {f.metadata.get('help', '')} [{shown}]" +
+                   (f" ({accepts})" if accepts else ""))
     return "\n".join(out)
+
+
+def print_help(text: str) -> None:
+    """Print help text: at a terminal every line wrapped to its width, continuations indented under the text of
+    an option's entry; piped, unchanged (one line per option, for grep)."""
+    if sys.stdout.isatty():
+        width = max(20, min(shutil.get_terminal_size().columns, 120))
+        lines = []
+        for line in text.splitlines():
+            body = line.lstrip()
+            hang = 36 if body.startswith("--") and len(line) > 36 and line[35] == " " else len(line) - len(body) + 4
+            lines += textwrap.wrap(line, width, subsequent_indent=" " * min(hang, width // 2),
+                                   break_on_hyphens=False) or [""]
+        text = "\n".join(lines)
+    print(text)
+
+
+def module_main(prog: str, doc: str, instead: str, argv: list[str]) -> None:
+    """The command line of a module that has none of its own: --help (or no argument) prints its docstring and
+    what to run instead; anything else is a UserError saying so."""
+    if argv and argv[0] not in ("-h", "--help"):
+        raise UserError(f"{prog} has no command of its own: {instead}")
+    print_help(f"{doc.strip()}\n\n{prog} has no command of its own: {instead}")
 
 
 def _nearest(key: str, names) -> str:
@@ -151,7 +177,7 @@ def parse_config(cls, argv: list[str] | None = None, prog: str | None = None):
     (or --key value, or a bare --flag for a boolean) overrides."""
     argv, prog = list(sys.argv[1:] if argv is None else argv), prog or os.path.basename(sys.argv[0])
     if "-h" in argv or "--help" in argv:
-        print(config_help(cls, prog))
+        print_help(config_help(cls, prog))
         sys.exit(0)
     hints, files, pairs, i = typing.get_type_hints(cls), [], [], 0
     while i < len(argv):
@@ -187,10 +213,9 @@ def run_commands(prog: str, doc: str, commands: dict, argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         if not argv:
             raise UserError(f"name a command: {' | '.join(commands)} (see python {prog} --help)")
-        print(f"usage: python {prog} {{{','.join(commands)}}} [--key=value ...]\n\n{doc.strip()}\n\ncommands:")
-        print("\n".join(f"  {name:9} {(cls.__doc__ or '').strip()}" for name, (cls, _) in commands.items()))
-        for name, (cls, _) in commands.items():
-            print("\n" + config_help(cls, f"{prog} {name}"))
+        text = f"usage: python {prog} {{{','.join(commands)}}} [--key=value ...]\n\n{doc.strip()}\n\ncommands:\n"
+        text += "\n".join(f"  {name:9} {(cls.__doc__ or '').strip()}" for name, (cls, _) in commands.items())
+        print_help(text + "".join("\n\n" + config_help(cls, f"{prog} {name}") for name, (cls, _) in commands.items()))
         return
     if argv[0] not in commands:
         raise UserError(f"unknown command {argv[0]!r}; choose one of {', '.join(commands)} (see python {prog} --help)")

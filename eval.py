@@ -177,6 +177,10 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
         except ValueError as err:
             raise UserError(f"{task} example {k}, m_inf={m}: {err}") from None
 
+    answer = reserve if spec.kind == "decode" else max((len(c) - 1 for cs in choices for c in cs), default=0)
+    if max(m_infs) > (fits := block - answer - 1):  # prompt_in_block keeps one prompt token at least
+        raise UserError(f"--m_inf={max(m_infs)} leaves no room for the {task} prompts in block_size {block} (with "
+                        f"{answer} answer tokens): the largest M_inf that fits is {fits}")
     # every prompt is built, and an impossible one refused, before any model work
     if spec.kind == "decode":
         plans = {m: [in_block(k, m, reserve) for k in range(len(examples))] for m in m_infs}

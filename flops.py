@@ -107,3 +107,11 @@ def run_totals(log_path: str) -> dict[str, int]:
             if "train_flops" in record:
                 last = {k: record[k] for k in Ledger.KEYS}
     return last
+
+
+if __name__ == "__main__":
+    import sys
+
+    from config import module_main, run_main
+    run_main(module_main, "flops.py", __doc__, "train.py logs these counts in log.jsonl and eval.py in its results "
+             "(python train.py --help, python eval.py --help)", sys.argv[1:])

@@ -93,3 +93,11 @@ def score_choices(logliks: list[float], choices: list[str], label: int) -> dict[
     best = max(range(len(logliks)), key=lambda i: logliks[i])
     best_norm = max(range(len(logliks)), key=lambda i: logliks[i] / max(1, len(choices[i].lstrip(" "))))
     return {"acc": float(best == label), "acc_norm": float(best_norm == label)}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from config import module_main, run_main
+    run_main(module_main, "metrics.py", __doc__, "python eval.py scores a checkpoint with these metrics "
+             "(python eval.py --help)", sys.argv[1:])

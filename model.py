@@ -431,3 +431,11 @@ def gpt2_state_dict(folder: str, device: str | torch.device = "cpu") -> tuple[GP
         raise UserError(f"{path} holds tensors a GPT-2 has no place for (e.g. {next(iter(hf))})")
     state["lm_head.weight"] = state["transformer.wte.weight"]  # tied: one tensor, as in GPT
     return config, state
+
+
+if __name__ == "__main__":
+    import sys
+
+    from config import module_main, run_main
+    run_main(module_main, "model.py", __doc__, "train it with python train.py, sample from it with python sample.py "
+             "(each takes --help)", sys.argv[1:])

@@ -57,7 +57,8 @@ def prompt_in_block(prefix: list[int], m: int, pause_id: int, prepend: bool, ans
     room = block_size - m - answer
     if room < 1:
         raise ValueError(f"{m} pauses and {answer} answer tokens leave no room for the prompt in block_size "
-                         f"{block_size}: use fewer pauses or a shorter answer")
+                         f"{block_size}: " + (f"at most {block_size - answer - 1} pauses fit" if block_size > answer + 1
+                                              else "the answer alone fills it"))
     kept = prefix[-room:]
     return with_pauses(kept, m, pause_id, prepend), len(kept) < len(prefix)
 

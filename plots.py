@@ -1,7 +1,8 @@
 """Figures of pause experiments: a metric vs M_inf (the paper's Figure 4), the variants side by side at
 M_inf = M_ft (Figure 2), training/validation loss curves and accuracy vs FLOPs. Each PNG gets the data
 behind it in a .json of the same name (its colours included). Inputs are result records as written by
-eval.py (or their seed averages). Every arm has one colour in every figure; values are in %.
+eval.py (or their seed averages). Every arm has one colour in every figure, every curve of a figure its own;
+values are in %.
 
     python plots.py minf out/a/results.json out/b/results.json --out=minf.png   # one line per checkpoint
     python plots.py variants out/a/results.json out/b/results.json --out=bars.png
@@ -17,10 +18,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
-from config import UserError, config_help, opt, parse_config, run_main  # noqa: E402
+from config import UserError, config_help, opt, parse_config, print_help, run_main  # noqa: E402
 from pause import VARIANTS  # noqa: E402
 from runtime import atomic_open, write_json  # noqa: E402
 
@@ -44,6 +46,17 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
 def arm_color(label: str) -> str:
     """The colour of an arm (or any label): from ARM_COLORS, else from a hash of the name (stable across runs)."""
     return ARM_COLORS.get(label) or SPARE_COLORS[zlib.crc32(label.encode()) % len(SPARE_COLORS)]
+
+
+def figure_colors(labels) -> dict[str, str]:
+    """One colour per label of a figure, each its own: the label's arm_color, unless an earlier label of the
+    figure has it (two labels that hash alike); then the first colour the figure does not use yet."""
+    colors: dict[str, str] = {}
+    for label in labels:
+        used = {to_hex(c) for c in colors.values()}
+        free = [c for c in SPARE_COLORS + list(matplotlib.colormaps["tab20"].colors) if to_hex(c) not in used]
+        colors[label] = arm_color(label) if to_hex(arm_color(label)) not in used else to_hex(free[0])
+    return colors
 
 
 def fmt_num(x, spec: str = ".1f") -> str:
@@ -80,15 +93,16 @@ def _series(rows: list[dict]) -> dict[str, list[dict]]:
 
 def _err(r: dict) -> float:
     """A record's error bar: the spread the study's tables print, the std over seeds for a seed average,
-    else the standard error over the test examples (a single run's, or a single seed's)."""
+    else the standard error over the examples (a single run's, or a single seed's)."""
     return (r.get("std") if r.get("n_seeds", 1) > 1 else r.get("stderr")) or 0.0
 
 
 def _err_name(rows: list[dict]) -> str:
-    """What the error bars are."""
-    seeds = {r.get("n_seeds", 1) for r in rows}
+    """What the error bars are, over the examples of the split the records name (test, val, ...)."""
+    seeds, splits = {r.get("n_seeds", 1) for r in rows}, {r.get("split") for r in rows}
     if seeds == {1}:
-        return "± 1 standard error over the test examples"
+        split = splits.pop() + " " if len(splits) == 1 and None not in splits else ""
+        return f"± 1 standard error over the {split}examples"
     if 1 not in seeds:
         return f"± 1 std over {seeds.pop() if len(seeds) == 1 else 'the'} seeds"
     return "± 1 std over seeds (seed averages), ± 1 standard error (single runs)"
@@ -120,38 +134,40 @@ def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseli
     error band, a star at M_inf = M_ft. `title` names the task as a reader should read it (default: `task`)."""
     rows = _select(records, task, metric)
     series = _series(rows)
-    colors = {k: arm_color(k) for k in series}
+    colors = figure_colors(series)
     err_name = _err_name(rows)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     base_info = None
-    base = [r for r in rows if r["variant"] == baseline]
+    base_label = next((k for k, rs in series.items() if rs[0]["variant"] == baseline), None)  # the first such curve
+    base = series.get(base_label, [])
     if base:
         own = [r for r in base if r["m_inf"] == r["m_ft"]]
         if own:
-            value, err, label = own[-1]["value"], _err(own[-1]), f"{baseline} (M_inf={own[-1]['m_inf']})"
+            value, err, label = own[-1]["value"], _err(own[-1]), f"{base_label} (M_inf={own[-1]['m_inf']})"
         else:
             value = sum(r["value"] for r in base) / len(base)
             err = sum(_err(r) ** 2 for r in base) ** 0.5 / len(base)
-            label = f"{baseline} (mean over M_inf)"
-        color = colors[baseline] = arm_color(baseline)
+            label = f"{base_label} (mean over M_inf)"
+        color = colors[base_label]
         ax.axhspan(_pct(value - err), _pct(value + err), color=color, alpha=0.12, lw=0, label=f"{label} {err_name}")
         ax.axhline(_pct(value), color=color, ls="--", lw=1.2, label=label)
         base_info = {"label": label, "value": _pct(value), "err": _pct(err), "band": f"{label} {err_name}"}
-    starred = False
+    stars, offsets = {}, {}
     for i, (label, rs) in enumerate(series.items()):
         xs, ys, es = [r["m_inf"] for r in rs], [_pct(r["value"]) for r in rs], [_pct(_err(r)) for r in rs]
-        # nudge each series sideways a little (in inches) so that error bars at the same M_inf stay visible
-        step = min(0.04, 0.3 / len(series))  # all the nudges together stay within 0.3 inch
-        shift = ax.transData + ScaledTranslation(step * (i - (len(series) - 1) / 2), 0, fig.dpi_scale_trans)
+        # nudge each series sideways a hair (in inches), so that error bars at one M_inf stay apart; all the
+        # nudges together stay within 0.06 inch, a fraction of one M_inf step, so no point seems to move
+        offsets[label] = round(0.06 * (i / (len(series) - 1) - 0.5), 4) if len(series) > 1 else 0.0
+        shift = ax.transData + ScaledTranslation(offsets[label], 0, fig.dpi_scale_trans)
         ax.errorbar(xs, ys, yerr=es, color=colors[label], marker="o", ms=4, capsize=3,
                     lw=1.5, ls="-" if len(rs) > 1 else "none", label=label, transform=shift)
         ax.update_datalim([(x, y + s * e) for x, y, e in zip(xs, ys, es) for s in (-1, 1)])  # not seen via shift
-        m_ft = rs[0]["m_ft"]
-        if m_ft > 0 and m_ft in xs:  # where a pause-finetuned model sees the M_inf it was trained with
+        m_ft = rs[0].get("ft_m", rs[0]["m_ft"])  # the pauses it was finetuned with ("lo:hi" for a range: no star)
+        if type(m_ft) is int and m_ft > 0 and m_ft in xs:  # where a pause-finetuned model sees its own M_ft
             ax.plot(m_ft, ys[xs.index(m_ft)], marker="*", ms=15, color=colors[label], mec="black", mew=0.7,
                     ls="none", zorder=5, transform=shift)
-            starred = True
-    if starred:
+            stars[label] = m_ft
+    if stars:
         ax.plot([], [], marker="*", ms=12, color="white", mec="black", ls="none", label="M_inf = M_ft")
     ticks = sorted({r["m_inf"] for r in rows})
     ax.set_xticks(ticks, [str(t) for t in ticks])  # a linear axis: the gaps between ticks are to scale
@@ -162,7 +178,7 @@ def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseli
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: covers no data
     data = {"task": task, "title": title or task, "metric": metric, "unit": "%", "xscale": ax.get_xscale(),
-            "error_bars": caption, "baseline": base_info, "colors": colors,
+            "error_bars": caption, "baseline": base_info, "colors": colors, "offsets_inch": offsets, "stars": stars,
             "legend": [t.get_text() for t in ax.get_legend().get_texts()],
             "series": [{"label": k, "variant": rs[0]["variant"], "m_ft": rs[0]["m_ft"], "m_inf": [r["m_inf"] for r in rs],
                         "value": [_pct(r["value"]) for r in rs], "stderr": [_pct(r.get("stderr") or 0) for r in rs],
@@ -177,7 +193,7 @@ def bar_label(label: str, r: dict) -> str:
     ft = r.get("ft_m", r["m_ft"])
     token = r.get("inference_token", "<pause>")
     got = "no pauses" if r["m_inf"] == 0 else f"{r['m_inf']} × " + (token if token == "<pause>" else f"'{token}'")
-    return f"{label}\nfinetuned M_ft={ft}\ninference: {got}"
+    return f"{label.replace(' (', chr(10) + '(')}\nfinetuned M_ft={ft}\ninference: {got}"  # "(its file)": a line
 
 
 def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: str = "m_ft", title: str = "") -> str:
@@ -192,10 +208,11 @@ def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: 
         bars += [(label, r) for r in rs if r["m_inf"] == want]
     if not bars:
         raise UserError(f"no {task} {metric} result at M_inf = {at} for any variant")
-    colors = {k: arm_color(k) for k, _ in bars}
+    colors = figure_colors(k for k, _ in bars)
     values, errs = [_pct(r["value"]) for _, r in bars], [_pct(_err(r)) for _, r in bars]
     names = [bar_label(k, r) for k, r in bars]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(bars) + 1.5), 4.8))
+    inches = max(1.6, 0.07 * max(len(line) for n in names for line in n.split("\n")))  # a bar's name fits under it
+    fig, ax = plt.subplots(figsize=(max(5.0, inches * len(bars) + 1.5), 4.8))
     ax.bar(range(len(bars)), values, yerr=errs, capsize=4, color=[colors[k] for k, _ in bars],
            edgecolor="black", lw=0.6)
     for i, (v, e) in enumerate(zip(values, errs)):
@@ -306,11 +323,13 @@ def accuracy_vs_flops(rows: list[dict], records: list[dict], key: str, label: st
     ax.autoscale_view()
     ax.set_xscale("log")
     ax.set_xlabel(f"{label} (log axis; arms at one value drawn side by side)")
-    ax.set_ylabel("accuracy, % (mean ± std over seeds;\nfaint: each seed)")
+    one_seed = all(sum(x["arm"] == r["arm"] for x in records) <= 1 for r in rows)
+    ylabel = "accuracy, % (one seed)" if one_seed else "accuracy, % (mean ± std over seeds;\nfaint: each seed)"
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{title}\naccuracy vs {label.split(' (')[0]}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return save_figure(fig, out_png, {"title": title, "key": key, "unit": "%", "colors": colors, "markers": markers,
-                                "offsets_inch": offsets, "rows": rows})
+    return save_figure(fig, out_png, {"title": title, "key": key, "unit": "%", "ylabel": ylabel, "colors": colors,
+                                      "markers": markers, "offsets_inch": offsets, "rows": rows})
 
 
 # ----------------------------------------------------------------------------- command line: your own checkpoints
@@ -322,6 +341,10 @@ class MinfPlotConfig:
     metric: str = opt("", "which metric (default: the first in the files, e.g. em or acc)")
     title: str = opt("", "what the task is, for the title (default: the task name of the results)")
 
+    def validate(self) -> None:
+        if not self.out.lower().endswith(".png"):  # its data goes to OUT.json: never over a results file
+            raise UserError(f"--out={self.out} must name a .png file (its data is written beside it as .json)")
+
 
 @dataclass
 class VariantsPlotConfig(MinfPlotConfig):
@@ -331,7 +354,8 @@ class VariantsPlotConfig(MinfPlotConfig):
 
 
 def read_results(paths: list[str]) -> list[dict]:
-    """The records of eval.py results files, each labelled by its variant (and its path when two share one)."""
+    """The records of eval.py results files, each labelled by its variant (and what tells its file apart, when two
+    files share a variant)."""
     if not paths:
         raise UserError("give one or more eval.py results files (eval.py --out=FILE.json)")
     per_file = []
@@ -350,9 +374,20 @@ def read_results(paths: list[str]) -> list[dict]:
     names = [recs[0]["variant"] for recs in per_file]
     out = []
     for path, name, recs in zip(paths, names, per_file):
-        label = name if names.count(name) == 1 else f"{name} ({path})"
+        same = [p for p, n in zip(paths, names) if n == name]
+        label = name if len(same) == 1 else f"{name} ({distinct_part(path, same)})"
         out += [{**{k: v for k, v in r.items() if k != "samples"}, "label": label} for r in recs]
     return out
+
+
+def distinct_part(path: str, paths: list[str]) -> str:
+    """What tells `path` apart from the other `paths`: its folders and name without those all of them share at the
+    start and at the end (out/a/results.json among out/b/results.json: "a"), else the whole path."""
+    parts = [os.path.normpath(os.path.splitext(p)[0]).split(os.sep) for p in paths]
+    head = len(os.path.commonprefix(parts))
+    tail = len(os.path.commonprefix([q[head:][::-1] for q in parts]))
+    own = parts[paths.index(path)][head:len(parts[paths.index(path)]) - tail]
+    return "/".join(own) if own and len({tuple(q[head:len(q) - tail]) for q in parts}) == len(parts) else path
 
 
 def cli(argv: list[str]) -> None:
@@ -361,9 +396,9 @@ def cli(argv: list[str]) -> None:
         if argv[:1] not in (["-h"], ["--help"]):
             raise UserError(f"unknown command {argv[0] if argv else ''!r}; use python plots.py minf|variants "
                             "RESULTS.json ... --out=FILE.png (see python plots.py --help)")
-        print(__doc__.strip() + "\n")
-        for name, (cls, _) in commands.items():
-            print(config_help(cls, f"plots.py {name} RESULTS.json ...") + "\n")
+        usage = "usage: python plots.py {minf,variants} RESULTS.json ... [--key=value ...]"
+        print_help("\n\n".join([usage, __doc__.strip()] + [config_help(cls, f"plots.py {name} RESULTS.json ...")
+                                                      for name, (cls, _) in commands.items()]))
         return
     cls, draw = commands[argv[0]]
     files, options, rest = [], [], argv[1:]

@@ -361,3 +361,9 @@ def verify(cfg: VerifyConfig) -> None:
     print(f"verify: all {len(entries)} shard(s) in {cfg.data_dir} match meta.json (size"
           + (f"; {unchecked} without a recorded sha256: size only" if unchecked else
              " and sha256") + f"; every id below vocab_size {meta['vocab_size']})")
+
+
+if __name__ == "__main__":
+    from config import module_main, run_main
+    run_main(module_main, "prepare.py", __doc__, "run python data.py prepare or verify (python data.py --help)",
+             sys.argv[1:])

@@ -118,6 +118,11 @@ def main(cfg: SampleConfig) -> None:
     # the pauses a checkpoint was finetuned with (a filler token, before the prompt) are the ones it expects
     pause = inserted_token(tok, cfg.filler or meta.get("filler", ""))
     prompt = with_pauses(tok.encode(text), m_inf, pause, cfg.prepend or meta.get("prepend", False))
+    if len(prompt) >= (block := model.config.block_size):  # generate() refuses it too, without knowing m_inf
+        fits = block - 1 - (len(prompt) - m_inf)
+        raise UserError(f"the prompt with its {m_inf} pauses is {len(prompt)} tokens: block size {block} leaves no room "
+                        "to answer; " + (f"the largest M_inf that fits is {fits}" if fits >= 0 else
+                                         f"the prompt alone is {len(prompt) - m_inf} tokens: shorten it"))
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     with rt.autocast():
         rows = generate(model, [prompt] * cfg.num_samples, cfg.max_new_tokens, tok.vocab_size, cfg.temperature,

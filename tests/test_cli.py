@@ -78,10 +78,14 @@ def test_sample_bad_inputs(tmp_path, capsys):
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint(path, GPT(conf), None, {"model": dataclasses.asdict(conf), "tokenizer": tok.meta()})
     assert "does not exist" in sample_error([f"--ckpt={tmp_path}/none.pt"], capsys)
+    assert sample_error([f"--ckpt={tmp_path}"], capsys).endswith(f"{tmp_path} is a directory; give the file in it "
+                                                                 f"(e.g. {tmp_path}/ckpt.pt)")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert "corrupt" in sample_error([f"--ckpt={tmp_path}/bad.pt"], capsys)
     assert "--m_inf must be an integer >= -1" in sample_error([f"--ckpt={path}", "--m_inf=-2", "--prompt=abc"], capsys)
-    assert "block size" in sample_error([f"--ckpt={path}", "--m_inf=10", "--prompt=abcabc"], capsys)
+    assert sample_error([f"--ckpt={path}", "--m_inf=10", "--prompt=abcabc"], capsys).endswith(
+        "block size 16 leaves no room to answer; the largest M_inf that fits is 9")  # 6 + 9 = 15 leave 1 to answer
+    assert "the prompt alone is 18 tokens" in sample_error([f"--ckpt={path}", "--m_inf=0", "--prompt=" + "abc" * 6], capsys)
     wrong = dataclasses.replace(conf, pause_id=3)  # a model whose pause slot is not its tokenizer's
     save_checkpoint(str(tmp_path / "other.pt"), GPT(wrong), None,
                     {"model": dataclasses.asdict(wrong), "tokenizer": tok.meta()})
@@ -102,3 +106,64 @@ def test_sample_uses_the_checkpoints_filler_and_prepend(tmp_path, capsys):
     sample.main(parse_config(sample.SampleConfig, [f"--ckpt={path}", "--device=cpu", "--prompt=gap 1 2 Answer:",
                                                    "--max_new_tokens=2", "--stop_at_eot=false"]))
     assert capsys.readouterr().out.startswith(". . . gap 1 2 Answer:")
+
+
+HELP = ["tokenizer.py", "tasks.py", "data.py", "train.py", "finetune.py", "sample.py", "eval.py", "bench.py",
+        "bench_data.py", "plots.py"]
+NO_COMMAND = ["prepare.py", "flops.py", "model.py", "metrics.py"]  # libraries: their docstring and what to run
+
+
+@pytest.mark.parametrize("script", HELP + NO_COMMAND)
+def test_every_script_help_exits_0_and_prints_its_options(script):
+    p = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    if script in NO_COMMAND:
+        assert f"{script} has no command of its own: " in p.stdout and "python " in p.stdout.splitlines()[-1]
+    else:
+        assert p.stdout.startswith("usage:") and "\n  --" in p.stdout and "options (defaults in brackets" in p.stdout
+
+
+def help_at_a_terminal(script: str, columns: int) -> str:
+    """What `python SCRIPT --help` prints to a terminal `columns` wide (a pseudo-terminal)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    p = subprocess.Popen([sys.executable, script, "--help"], cwd=ROOT, stdout=slave, stderr=slave,
+                         env={**env, "OMP_NUM_THREADS": "1"})
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait() == 0
+    return out.decode().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("script", ["train.py", "data.py", "plots.py", "model.py"])
+def test_help_at_a_terminal_fits_its_width(script):
+    text = help_at_a_terminal(script, 72)
+    assert max(map(len, text.splitlines())) <= 72 and ("usage:" in text or "no command of its own" in text)
+    piped = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "".join(text.split()) == "".join(piped.split())  # the same text, only the line breaks differ
+
+
+def test_the_python_it_needs_is_stated_and_an_older_one_is_one_line():
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["requires-python"] == ">=3.11"
+    assert "Python ≥ 3.11" in open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    older = "import sys; sys.modules['tomllib'] = None; import train"  # as on Python 3.10, which has no tomllib
+    p = subprocess.run([sys.executable, "-c", older], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: pausegpt needs Python >= 3.11, this is ")
+    assert p.stderr.count("\n") == 1

@@ -118,7 +118,7 @@ def test_scored_task_refuses_pauses_that_fill_the_block(ckpt, tmp_path):
     results = run_eval(ckpt, "--task=piqa", f"--task_file={path}", "--m_inf=0,124")
     assert [r["n_truncated"] for r in results] == [0, 0, 2, 2]  # 124 pauses leave the question 3 tokens or fewer
     out = tmp_path / "r.json"
-    with pytest.raises(UserError, match=r"piqa example 0, m_inf=128: .*no room for the prompt in block_size 128"):
+    with pytest.raises(UserError, match=r"--m_inf=128 leaves no room .* block_size 128 .*: the largest M_inf that fits is 12\d$"):
         run_eval(ckpt, "--task=piqa", f"--task_file={path}", "--m_inf=0,128", f"--out={out}")
     assert not out.exists()  # refused before any work
 

@@ -1,5 +1,7 @@
 """PauseFT batches and the M_inf evaluation: exact loss positions, pause placement, exact scoring."""
 import json
+import os
+import re
 
 import pytest
 import torch
@@ -118,12 +120,14 @@ class _NoBar:
         pass
 
 
-def test_finetune_then_sweep_one_result_per_m_inf(ckpt, task_files, tmp_path):
+def test_finetune_then_sweep_one_result_per_m_inf(ckpt, task_files, tmp_path, capsys):
     out = tmp_path / "ft"
     cfg = parse_config(FinetuneConfig, [f"--init_from={ckpt}", "--task=gsm8k", f"--task_file={task_files}/train.jsonl",
                                         "--m_ft=3", f"--out_dir={out}", "--max_iters=4", "--batch_size=4",
                                         "--device=cpu", "--eval_interval=2", "--val_frac=0.2"])
     finetune.main(cfg)
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # the run ends with its final loss and checkpoint
+    assert re.fullmatch(rf"step 4: val_loss \d+\.\d{{4}}; checkpoint {out}/ckpt.pt", last), last
     res_path = tmp_path / "res.json"
     ecfg = parse_config(evaluation.EvalConfig, [f"--ckpt={out}/ckpt.pt", "--task=gsm8k", "--device=cpu",
                                                 f"--task_file={task_files}/test.jsonl", "--m_inf=0,1,3,6",
@@ -176,3 +180,11 @@ def test_bad_inputs(ckpt, task_files, tmp_path, capsys, tok):
     err = cli_error(lambda: finetune.main(parse_config(FinetuneConfig, [
         f"--init_from={ckpt}", f"--task_file={task_files}/train.jsonl", "--m_ft=-1"])), capsys)
     assert "m_ft" in err
+
+
+def test_a_folder_given_as_the_checkpoint_names_the_file_in_it(ckpt, task_files, tmp_path, capsys):
+    folder = os.path.dirname(ckpt)
+    for main in (lambda: finetune.main(parse_config(FinetuneConfig, [f"--init_from={folder}", f"--out_dir={tmp_path}",
+                                                                     f"--task_file={task_files}/train.jsonl"])),
+                 lambda: evaluation.main(parse_config(evaluation.EvalConfig, [f"--ckpt={folder}", "--device=cpu"]))):
+        assert cli_error(main, capsys).endswith(f"{folder} is a directory; give the file in it (e.g. {ckpt})")

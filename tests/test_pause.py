@@ -71,7 +71,7 @@ def test_prompt_in_block_cuts_the_prefix_from_the_left_and_keeps_pauses_and_answ
     # room for the prefix: 12 positions - 3 pauses - 4 answer tokens = 5
     assert prompt_in_block(list(range(10)), 3, 9, False, 4, 12) == ([5, 6, 7, 8, 9] + [9] * 3, True)
     assert prompt_in_block([1, 2], 3, 9, True, 4, 12) == ([9] * 3 + [1, 2], False)
-    with pytest.raises(ValueError, match="no room for the prompt"):
+    with pytest.raises(ValueError, match="no room for the prompt in block_size 12: at most 7 pauses fit$"):
         prompt_in_block([1], 8, 9, False, 4, 12)
 
 

@@ -22,7 +22,7 @@ def value(variant: str, m_inf: int) -> float:
 
 
 def rec(variant: str, m_ft: int, m_inf: int, metric: str = "em") -> dict:
-    return {"task": "gsm8k", "checkpoint": f"out/{variant}/ckpt.pt", "variant": variant, "m_ft": m_ft,
+    return {"task": "gsm8k", "split": "test", "checkpoint": f"out/{variant}/ckpt.pt", "variant": variant, "m_ft": m_ft,
             "m_inf": m_inf, "n": 100, "metric": metric, "value": value(variant, m_inf), "stderr": 0.02}
 
 
@@ -218,3 +218,81 @@ def test_cli_bad_results_file_is_a_user_error(tmp_path, content, message):
     with pytest.raises(UserError, match=message):
         plots.cli(["minf", str(path), f"--out={tmp_path / 'x.png'}"])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_every_curve_of_a_figure_has_its_own_colour(tmp_path):
+    labels = [f"user_{i}" for i in range(len(plots.SPARE_COLORS) + 1)]  # more names than spare colours: hashes collide
+    rows = [{**rec(label, 0, m), "value": 0.1 * i} for i, label in enumerate(labels) for m in (0, 4)]
+    plots.minf_curve(rows, "gsm8k", "em", str(tmp_path / "minf.png"))
+    colors = json.loads((tmp_path / "minf.json").read_text())["colors"]
+    assert set(colors) == set(labels) and len({to_hex(c) for c in colors.values()}) == len(labels)
+
+
+def test_two_files_of_one_variant_get_their_own_label_and_colour(tmp_path):
+    paths = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        paths += [write_results(tmp_path / run / "std.json", "StdPT_StdFT", 0, [0.4, 0.1, 0.0]),
+                  write_results(tmp_path / run / "pause.json", "PausePT_PauseFT", 4, [0.1, 0.6, 0.5])]
+    plots.cli(["minf", *paths, f"--out={tmp_path / 'minf.png'}"])
+    data = json.loads((tmp_path / "minf.json").read_text())
+    labels = [s["label"] for s in data["series"]]
+    assert labels == ["StdPT_StdFT (a)", "StdPT_StdFT (b)", "PausePT_PauseFT (a)", "PausePT_PauseFT (b)"]
+    assert len({to_hex(data["colors"][k]) for k in labels}) == 4
+    plots.cli(["variants", *paths, f"--out={tmp_path / 'bars.png'}"])
+    bars = json.loads((tmp_path / "bars.json").read_text())
+    assert [b["name"].split("\n")[:2] for b in bars["bars"]] == [[k.split(" ")[0], k.split(" ")[1]] for k in labels]
+    assert len({to_hex(bars["colors"][k]) for k in labels}) == 4
+
+
+def test_bar_names_do_not_overlap(records, tmp_path, monkeypatch):
+    long = [{**r, "variant": "PausePT_PauseFT", "label": f"PausePT_PauseFT (runs/seed{i}/finetune_m12)"}
+            for i in range(3) for r in records if r["variant"] == "PausePT_PauseFT"]
+    boxes = []
+    save = plots.save_figure
+
+    def measure(fig, out_png, data):
+        fig.canvas.draw()
+        boxes.extend(t.get_window_extent() for t in fig.axes[0].get_xticklabels())
+        return save(fig, out_png, data)
+    monkeypatch.setattr(plots, "save_figure", measure)
+    plots.variants_bar(records + long, "gsm8k", "em", str(tmp_path / "bars.png"))
+    assert len(boxes) == 8 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_m_inf_curve_nudges_its_points_by_a_hair(records, tmp_path):
+    many = records + [{**r, "variant": f"{r['variant']}_x"} for r in records]
+    plots.minf_curve(many, "gsm8k", "em", str(tmp_path / "minf.png"))
+    offsets = json.loads((tmp_path / "minf.json").read_text())["offsets_inch"]
+    assert len(offsets) == 10 and max(map(abs, offsets.values())) <= 0.03  # of ~0.3 inch between M_inf 0 and 3
+
+
+def test_the_star_marks_only_models_finetuned_with_pauses(records, tmp_path):
+    infill = [{**rec("StdPT_StdFT_InfFiller", 6, m), "ft_m": 0, "inference_token": "."} for m in M_INF]
+    rand = [{**rec("PausePT_PauseFT_rand", 6, m), "ft_m": "0:12"} for m in M_INF]
+    plots.minf_curve(records + infill + rand, "gsm8k", "em", str(tmp_path / "minf.png"))
+    assert json.loads((tmp_path / "minf.json").read_text())["stars"] == {"StdPT_PauseFT": 6, "PausePT_PauseFT": 6}
+
+
+def test_error_bars_name_the_split_of_the_records(records, tmp_path):
+    plots.minf_curve([{**r, "split": "val"} for r in records], "gsm8k", "em", str(tmp_path / "val.png"))
+    assert json.loads((tmp_path / "val.json").read_text())["error_bars"] == \
+        "error bars: ± 1 standard error over the val examples"
+
+
+def test_a_flops_figure_of_one_seed_says_so(tmp_path):
+    plots.accuracy_vs_flops(*flops_rows(["StdPT_StdFT", "PausePT_PauseFT"]), "train_flops", "FLOPs",
+                            str(tmp_path / "one.png"), "t")
+    assert json.loads((tmp_path / "one.json").read_text())["ylabel"] == "accuracy, % (one seed)"
+    rows, recs = flops_rows(["StdPT_StdFT"])
+    plots.accuracy_vs_flops(rows, recs * 3, "train_flops", "FLOPs", str(tmp_path / "three.png"), "t")
+    assert "mean ± std over seeds" in json.loads((tmp_path / "three.json").read_text())["ylabel"]
+
+
+@pytest.mark.parametrize("out", ["{a}", "{d}/", "{d}/fig.jpg"])
+def test_out_must_be_a_png_so_no_results_file_is_written_over(tmp_path, out):
+    a = write_results(tmp_path / "a.json", "StdPT_StdFT", 0, [0.4, 0.1, 0.0])
+    before = (tmp_path / "a.json").read_text()
+    with pytest.raises(UserError, match=r"must name a \.png file"):
+        plots.cli(["minf", a, "--out=" + out.format(a=a, d=tmp_path)])
+    assert (tmp_path / "a.json").read_text() == before and sorted(os.listdir(tmp_path)) == ["a.json"]

@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -210,3 +211,28 @@ def test_rng_state_loaded_onto_another_device_is_restored():
     expected = torch.rand(3)
     set_rng_state({"cpu": OnGPU(state["cpu"])})
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_ctrl_c_before_the_first_checkpoint_then_the_flag_the_error_names_works(data_dir, tmp_path):
+    out = tmp_path / "run"
+    slow = ["--max_iters=3", "--eval_iters=100000"]  # step 0's evaluation: a long window before any checkpoint
+    proc = subprocess.Popen(train_cmd(data_dir, out, *slow), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "log.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the evaluation
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().endswith("interrupted") and not (out / "ckpt.pt").exists()
+    flags = []
+    for attempt in ([], ["--resume"]):  # the plain rerun and --resume: each refused, naming the flag that works
+        p = subprocess.run(train_cmd(data_dir, out, "--max_iters=3", *attempt), cwd=ROOT, env=ENV, capture_output=True,
+                           text=True)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: "), p.stderr
+        flags.append(re.search(r"pass (--\w+)", p.stderr).group(1))
+    assert flags == ["--overwrite", "--overwrite"]
+    p = subprocess.run(train_cmd(data_dir, out, "--max_iters=3", flags[0]), cwd=ROOT, env=ENV, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    assert re.fullmatch(rf"step 3: val_loss \d+\.\d{{4}}; checkpoint {out}/ckpt.pt", p.stdout.strip().splitlines()[-1])
