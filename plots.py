@@ -1,6 +1,7 @@
-"""Figures of pause experiments: a metric vs M_inf (the paper's Figure 4), the variants side by side at
-M_inf = M_ft (Figure 2), training/validation loss curves and accuracy vs FLOPs. Each PNG gets the data
-behind it in a .json of the same name (its colours included). Inputs are result records as written by
+"""The user's figures of pause experiments: a metric vs M_inf (the paper's Figure 4), the variants side by side at
+M_inf = M_ft (Figure 2) and training/validation loss curves (the experiments' own figures and their arms'
+colours are in experiments/figures.py). Each PNG gets the data behind it in a .json of the same name (its
+colours included). Inputs are result records as written by
 eval.py (or their seed averages). Every arm has one colour in every figure, every curve of a figure its own;
 values are in %.
 
@@ -26,36 +27,31 @@ from config import UserError, config_help, opt, parse_config, print_help, run_ma
 from pause import VARIANTS  # noqa: E402
 from runtime import atomic_open, write_json  # noqa: E402
 
-# One colour per arm, the same in every figure (the study's and compute_study's arms, the pretrainings).
-ARM_COLORS = {
-    "StdPT_StdFT": "tab:gray", "StdPT_PauseFT": "tab:blue", "PausePT_StdFT": "tab:green", "PausePT_PauseFT": "tab:red",
-    "StdPT_StdFT_matched": "black", "StdPT_FillerFT": "tab:orange", "StdPT_StdFT_InfFiller": "tab:brown",
-    "PausePT_PauseFT_InfFiller": "tab:pink", "StdPT_PauseFT_rand": "tab:cyan", "PausePT_PauseFT_rand": "tab:purple",
-    "PausePT_PauseFT_prepend": "tab:olive", "StdPT": "tab:gray", "PausePT": "tab:red",
-    "StdFT": "tab:gray", "PauseFT": "tab:blue", "CurriculumFT": "tab:purple", "StdFT_matched": "black",
-    "Deep_StdFT": "tab:olive", "NoPause": "tab:gray", "Pause": "tab:blue", "NoPause_3x": "black",
-    "Deep_NoPause": "tab:olive", "StdPT_StdFT_rope": "goldenrod", "StdPT_PauseFT_rope": "navy",
-    "PausePT_PauseFT_rope": "maroon", "StdPT_StdFT_matched_rope": "teal",
-}
+# The paper's four variants and their two pretrainings have one colour each in every figure (experiments/figures.py
+# adds its arms' colours through the `palette` argument of the figures below).
+ARM_COLORS = {"StdPT_StdFT": "tab:gray", "StdPT_PauseFT": "tab:blue", "PausePT_StdFT": "tab:green",
+              "PausePT_PauseFT": "tab:red", "StdPT": "tab:gray", "PausePT": "tab:red"}
 # Any other label (rope arms, extra M_ft values, user checkpoints) gets a colour fixed by its name alone.
 SPARE_COLORS = ["slateblue", "darkkhaki", "orchid", "lime", "deepskyblue", "indigo", "peru", "darkseagreen", "salmon",
                 "darkcyan", "plum", "yellowgreen"]  # none of them in ARM_COLORS
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
 
 
-def arm_color(label: str) -> str:
-    """The colour of an arm (or any label): from ARM_COLORS, else from a hash of the name (stable across runs)."""
-    return ARM_COLORS.get(label) or SPARE_COLORS[zlib.crc32(label.encode()) % len(SPARE_COLORS)]
+def arm_color(label: str, palette: dict | None = None) -> str:
+    """The colour of an arm (or any label): from `palette`, else ARM_COLORS, else from a hash of the name (stable)."""
+    return ({**ARM_COLORS, **(palette or {})}).get(label) or \
+        SPARE_COLORS[zlib.crc32(label.encode()) % len(SPARE_COLORS)]
 
 
-def figure_colors(labels) -> dict[str, str]:
+def figure_colors(labels, palette: dict | None = None) -> dict[str, str]:
     """One colour per label of a figure, each its own: the label's arm_color, unless an earlier label of the
     figure has it (two labels that hash alike); then the first colour the figure does not use yet."""
     colors: dict[str, str] = {}
     for label in labels:
         used = {to_hex(c) for c in colors.values()}
         free = [c for c in SPARE_COLORS + list(matplotlib.colormaps["tab20"].colors) if to_hex(c) not in used]
-        colors[label] = arm_color(label) if to_hex(arm_color(label)) not in used else to_hex(free[0])
+        own = arm_color(label, palette)
+        colors[label] = own if to_hex(own) not in used else to_hex(free[0])
     return colors
 
 
@@ -129,12 +125,12 @@ def _pct(x: float) -> float:
 
 
 def minf_curve(records: list[dict], task: str, metric: str, out_png: str, baseline: str = "StdPT_StdFT",
-               title: str = "") -> str:
+               title: str = "", palette: dict | None = None) -> str:
     """`metric` (%) vs M_inf on a linear axis, a line per variant, the baseline at its own M_ft dashed with its
     error band, a star at M_inf = M_ft. `title` names the task as a reader should read it (default: `task`)."""
     rows = _select(records, task, metric)
     series = _series(rows)
-    colors = figure_colors(series)
+    colors = figure_colors(series, palette)
     err_name = _err_name(rows)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     base_info = None
@@ -196,7 +192,8 @@ def bar_label(label: str, r: dict) -> str:
     return f"{label.replace(' (', chr(10) + '(')}\nfinetuned M_ft={ft}\ninference: {got}"  # "(its file)": a line
 
 
-def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: str = "m_ft", title: str = "") -> str:
+def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: str = "m_ft", title: str = "",
+                 palette: dict | None = None) -> str:
     """One bar per variant: `metric` (%) at M_inf = its own M_ft (at="m_ft") or at a fixed M_inf (at="10")."""
     if at != "m_ft" and not str(at).isdigit():
         raise UserError(f"at must be 'm_ft' or a number of inference pauses, not {at!r}")
@@ -208,7 +205,7 @@ def variants_bar(records: list[dict], task: str, metric: str, out_png: str, at: 
         bars += [(label, r) for r in rs if r["m_inf"] == want]
     if not bars:
         raise UserError(f"no {task} {metric} result at M_inf = {at} for any variant")
-    colors = figure_colors(k for k, _ in bars)
+    colors = figure_colors((k for k, _ in bars), palette)
     values, errs = [_pct(r["value"]) for _, r in bars], [_pct(_err(r)) for _, r in bars]
     names = [bar_label(k, r) for k, r in bars]
     inches = max(1.6, 0.07 * max(len(line) for n in names for line in n.split("\n")))  # a bar's name fits under it
@@ -263,7 +260,8 @@ def running_mean(xs: list[float], window: int) -> list[float]:
     return out
 
 
-def loss_curves(logs: dict[str, str], out_png: str, title: str = "", smooth: int = 0, logy: bool = True) -> str:
+def loss_curves(logs: dict[str, str], out_png: str, title: str = "", smooth: int = 0, logy: bool = True,
+                palette: dict | None = None) -> str:
     """Training loss (a running mean over `smooth` steps, 0 = ~1/50 of the run) and val_loss of each labelled log."""
     runs = {}
     for label, path in logs.items():
@@ -276,7 +274,7 @@ def loss_curves(logs: dict[str, str], out_png: str, title: str = "", smooth: int
             runs[label] = run
     if not runs:
         raise UserError(f"no readable training log among {', '.join(logs.values()) or '(none given)'}")
-    colors = {k: arm_color(k) for k in runs}
+    colors = figure_colors(runs, palette)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, run in runs.items():
         t, v, c = run["train"], run["val"], colors[label]
@@ -298,38 +296,6 @@ def loss_curves(logs: dict[str, str], out_png: str, title: str = "", smooth: int
     # the data keeps each log's file name, not the folder of the machine that drew it
     kept = {label: {**run, "path": os.path.basename(run["path"])} for label, run in runs.items()}
     return save_figure(fig, out_png, {"title": title, "colors": colors, "runs": kept})
-
-
-def accuracy_vs_flops(rows: list[dict], records: list[dict], key: str, label: str, out_png: str, title: str) -> str:
-    """Accuracy (%) against FLOPs (`key` of each row and record): an arm's mean ± std (rows: arm, mean, std, key)
-    over its seeds (records: arm, value, key), the seeds as faint dots; log x axis. Each arm has its own marker
-    and a small sideways offset, so that arms at the same point stay visible."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors, markers, offsets = {}, {}, {}
-    same = [[q["arm"] for q in rows if abs(q[key] - r[key]) <= 0.01 * r[key]] for r in rows]  # arms at one FLOPs value
-    for i, r in enumerate(rows):
-        arm, group = r["arm"], same[i]
-        colors[arm], markers[arm] = arm_color(arm), MARKERS[i % len(MARKERS)]
-        offsets[arm] = round(0.07 * (group.index(arm) - (len(group) - 1) / 2), 4)  # inches; 0 for an arm alone
-        shift = ax.transData + ScaledTranslation(offsets[arm], 0, fig.dpi_scale_trans)
-        pts = [x for x in records if x["arm"] == arm]
-        ax.scatter([x[key] for x in pts], [_pct(x["value"]) for x in pts], color=colors[arm], marker=markers[arm],
-                   alpha=0.3, s=14, transform=shift)
-        ax.errorbar([r[key]], [_pct(r["mean"])], yerr=[_pct(r["std"])], fmt=markers[arm], color=colors[arm], ms=7,
-                    mfc="none" if i % 2 else colors[arm], mew=1.5, capsize=3, label=arm, transform=shift)
-    ax.update_datalim([(r[key], _pct(r["mean"]) + s * _pct(r["std"])) for r in rows for s in (-1, 1)]  # not seen via
-                      + [(x[key], _pct(x["value"])) for x in records if x["arm"] in colors])   # the shifts
-    ax.margins(y=0.05)
-    ax.autoscale_view()
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{label} (log axis; arms at one value drawn side by side)")
-    one_seed = all(sum(x["arm"] == r["arm"] for x in records) <= 1 for r in rows)
-    ylabel = "accuracy, % (one seed)" if one_seed else "accuracy, % (mean ± std over seeds;\nfaint: each seed)"
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{title}\naccuracy vs {label.split(' (')[0]}")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return save_figure(fig, out_png, {"title": title, "key": key, "unit": "%", "ylabel": ylabel, "colors": colors,
-                                      "markers": markers, "offsets_inch": offsets, "rows": rows})
 
 
 # ----------------------------------------------------------------------------- command line: your own checkpoints

@@ -8,7 +8,7 @@ import statistics
 import plots
 from config import UserError
 from runtime import write_json, write_text
-from experiments import lab
+from experiments import figures, lab
 from experiments.lab import T_CRIT, verdict
 
 PAUSE_ARM, M_FT = "PausePT_PauseFT", 12
@@ -137,7 +137,7 @@ def frontier_plot(pts: list[dict], queries: float, path: str) -> None:
     total = lambda p: p["train"] + queries * p["infer"]
     best = on_frontier(pts, total)
     for i, p in enumerate(pts):
-        colour, marker = plots.arm_color(p["arm"]), plots.MARKERS[i % len(plots.MARKERS)]
+        colour, marker = figures.arm_color(p["arm"]), plots.MARKERS[i % len(plots.MARKERS)]
         a.scatter(p["train"] / 1e12, p["infer"] / 1e6, s=30 + 300 * p["acc"], color=colour, marker=marker, alpha=0.6,
                   label=f"{p['arm']}: {100 * p['acc']:.1f} %")  # a legend, not labels: several arms share one cost
         b.scatter(total(p) / 1e12, 100 * p["acc"], color=colour, marker=marker,
@@ -157,7 +157,7 @@ def frontier_plot(pts: list[dict], queries: float, path: str) -> None:
     fig.suptitle("synthetic largest-gap, LAMBADA format: test split")
     fig.tight_layout()
     plots.save_figure(fig, path, {"points": pts, "queries": queries, "frontier": sorted(best), "unit": "%",
-                                  "colors": {p["arm"]: plots.arm_color(p["arm"]) for p in pts}})
+                                  "colors": {p["arm"]: figures.arm_color(p["arm"]) for p in pts}})
 
 
 def report(cfg) -> dict:

@@ -11,7 +11,8 @@ import plots
 from config import UserError, run_main
 from runtime import write_json, write_text
 from plots import fmt_num
-from experiments import lab
+from experiments import figures, lab
+from experiments.figures import PALETTE
 
 LAYOUT_NAMES = {"lambada": "LAMBADA", "gsm8k": "GSM8K"}
 
@@ -117,19 +118,19 @@ def draw(out_dir: str, summary: dict, runs: list[dict], logs: dict[str, str] | N
     rank = {v["name"]: i for i, v in enumerate(runs)}  # the arms in the tables' order
     agg = sorted([a for a in summary["aggregated"] if a.get("split", "test") == "test"],
                  key=lambda a: rank.get(a["variant"], len(rank)))
-    plots.minf_curve(agg, task, metric, os.path.join(out_dir, "minf_curve.png"), title=title)
+    plots.minf_curve(agg, task, metric, os.path.join(out_dir, "minf_curve.png"), title=title, palette=PALETTE)
     headline = {"StdPT_StdFT", "StdPT_PauseFT", "PausePT_PauseFT", "StdPT_PauseFT_rand", "PausePT_PauseFT_rand"}
     plots.minf_curve([a for a in agg if a["variant"] in headline], task, metric,  # the paper's Figure 4, uncluttered
-                     os.path.join(out_dir, "minf_curve_pauseft.png"), title=title)
-    plots.variants_bar(agg, task, metric, os.path.join(out_dir, "variants.png"), title=title)
+                     os.path.join(out_dir, "minf_curve_pauseft.png"), title=title, palette=PALETTE)
+    plots.variants_bar(agg, task, metric, os.path.join(out_dir, "variants.png"), title=title, palette=PALETTE)
     flops_plots(out_dir, [r for r in summary["records"] if r.get("split", "test") == "test" and r["metric"] == metric], runs, title)
     existing = {k: p for k, p in (logs or {}).items() if os.path.exists(p)}
     pre_logs = {k: p for k, p in existing.items() if k in ("StdPT", "PausePT")}
     if pre_logs:
-        plots.loss_curves(pre_logs, os.path.join(out_dir, "pretrain_loss.png"), "pretraining")
+        plots.loss_curves(pre_logs, os.path.join(out_dir, "pretrain_loss.png"), "pretraining", palette=PALETTE)
     ft_logs = {k: p for k, p in existing.items() if k not in pre_logs}
     if ft_logs:
-        plots.loss_curves(ft_logs, os.path.join(out_dir, "finetune_loss.png"), "finetuning (seed 0)")
+        plots.loss_curves(ft_logs, os.path.join(out_dir, "finetune_loss.png"), "finetuning (seed 0)", palette=PALETTE)
 
 
 def flops_plots(out_dir: str, records: list[dict], runs: list[dict], title: str) -> None:
@@ -153,7 +154,7 @@ def flops_plots(out_dir: str, records: list[dict], runs: list[dict], title: str)
 def flops_figures(out_dir: str, rows: list[dict], records: list[dict], title: str) -> None:
     for key, label in (("train_flops", "training FLOPs (pretraining + finetuning)"),
                        ("infer_flops", "inference FLOPs per example")):
-        plots.accuracy_vs_flops(rows, records, key, label, os.path.join(out_dir, f"acc_vs_{key}.png"), title)
+        figures.accuracy_vs_flops(rows, records, key, label, os.path.join(out_dir, f"acc_vs_{key}.png"), title)
 
 
 COMPUTE_TITLES = {"curriculum": "synthetic largest-gap (12 numbers), LAMBADA format", "separation": "synthetic parity"}

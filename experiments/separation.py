@@ -41,6 +41,7 @@ import flops
 import plots
 from config import UserError, check_config, opt, parse_config, run_main
 from runtime import write_json, write_text
+from experiments import figures
 from experiments.lab import deeper
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
@@ -296,12 +297,12 @@ def plot(rows: list[dict], out_png: str) -> None:
         rs = [r for r in rows if r["arm"] == arm]
         ax.errorbar([r["n"] + 0.2 * (i - len(arms) // 2) for r in rs], [100 * r["mean"] for r in rs],
                     yerr=[100 * r["std"] for r in rs], marker=plots.MARKERS[i], capsize=3, label=arm,
-                    color=plots.arm_color(arm))
+                    color=figures.arm_color(arm))
     ax.axhline(50, color="gray", lw=0.8, ls=":")
     ax.set(xlabel="n (bits of the test strings)", ylabel="exact match % (held-out)", ylim=(40, 102),
            title="Parity: accuracy vs n (mean ± std over seeds)")
     ax.legend(fontsize=8)
-    plots.save_figure(fig, out_png, {"rows": rows, "colors": {arm: plots.arm_color(arm) for arm in arms}, "unit": "%"})
+    plots.save_figure(fig, out_png, {"rows": rows, "colors": {arm: figures.arm_color(arm) for arm in arms}, "unit": "%"})
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import plots
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
-from experiments import lab, synth
+from experiments import figures, lab, synth
 from experiments.lab import arm
 from model import GPTConfig
 from runtime import write_json, write_text
@@ -261,7 +261,7 @@ def curve_plot(rows: list[dict], cfg: SeparatorConfig, out_png: str) -> None:
                       and r["arm"].startswith(f"{name}_x")))
         if pts:
             ax.errorbar(*zip(*[(x / 1e12, y) for x, y, _ in pts]), yerr=[e for *_, e in pts], marker=plots.MARKERS[i],
-                        capsize=3, label=name, color=plots.arm_color(name))
+                        capsize=3, label=name, color=figures.arm_color(name))
             data[name] = [{"ft_flops": x, "accuracy": y, "std": e} for x, y, e in pts]
     ax.set_xscale("log")
     ax.set(xlabel="finetuning TFLOPs (ledger)", ylabel="exact match % (fresh_test_2)",
@@ -290,7 +290,7 @@ def depth_report(cfg: SeparatorConfig) -> dict:
     fig, ax = plots.plt.subplots(figsize=(6, 4))
     for i, (key, label) in enumerate((("pause", PAUSE_ARM), ("baseline_acc", "best baseline on val"))):
         ax.plot([r["n_layer"] for r in rows], [100 * r[key] for r in rows], marker=plots.MARKERS[i], label=label,
-                color=plots.arm_color(PAUSE_ARM if i == 0 else "StdFT_flops"))
+                color=figures.arm_color(PAUSE_ARM if i == 0 else "StdFT_flops"))
     ax.set(xlabel="layers (width 64)", ylabel="exact match % (fresh_test_2)", title="the pause gain against depth")
     ax.legend(fontsize=8)
     plots.save_figure(fig, os.path.join(cfg.out_dir, "depth.png"), {"rows": rows})

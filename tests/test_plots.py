@@ -10,6 +10,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 import plots
+from experiments import figures
 from config import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -133,24 +134,29 @@ def flops_rows(arms: list[str]) -> tuple[list[dict], list[dict]]:
 
 
 def test_an_arm_has_one_colour_in_every_figure(records, tmp_path):
-    plots.minf_curve(records, "gsm8k", "em", str(tmp_path / "all.png"))
+    """The user's figures (plots.py) and the experiments' (experiments/figures.py) agree, with the experiments'
+    palette, on every arm's colour."""
+    palette = figures.PALETTE
+    plots.minf_curve(records, "gsm8k", "em", str(tmp_path / "all.png"), palette=palette)
     few = [r for r in records if r["variant"] in ("StdPT_StdFT_matched", "PausePT_PauseFT")]
-    plots.minf_curve(few, "gsm8k", "em", str(tmp_path / "few.png"))
-    plots.variants_bar(records, "gsm8k", "em", str(tmp_path / "bar.png"))
-    plots.accuracy_vs_flops(*flops_rows(["PausePT_PauseFT", "StdPT_StdFT_matched"]), "train_flops", "FLOPs",
-                            str(tmp_path / "flops.png"), "t")
+    plots.minf_curve(few, "gsm8k", "em", str(tmp_path / "few.png"), palette=palette)
+    plots.variants_bar(records, "gsm8k", "em", str(tmp_path / "bar.png"), palette=palette)
+    figures.accuracy_vs_flops(*flops_rows(["PausePT_PauseFT", "StdPT_StdFT_matched"]), "train_flops", "FLOPs",
+                              str(tmp_path / "flops.png"), "t")
     log = write_log(tmp_path / "log.jsonl", [[{"step": 0, "loss": 3.0}, {"step": 1, "loss": 2.0}]])
-    plots.loss_curves({"StdPT_StdFT_matched": log}, str(tmp_path / "loss.png"))
+    plots.loss_curves({"StdPT_StdFT_matched": log}, str(tmp_path / "loss.png"), palette=palette)
     seen: dict[str, set] = {}
     for name in ("all", "few", "bar", "flops", "loss"):
         for arm, color in json.loads((tmp_path / f"{name}.json").read_text())["colors"].items():
             seen.setdefault(arm, set()).add(color)
     assert {arm: len(c) for arm, c in seen.items() if len(c) > 1} == {}
     assert len(seen["StdPT_StdFT_matched"] | seen["PausePT_PauseFT"]) == 2
-    study_arms = [k for k in plots.ARM_COLORS if k.count("_") >= 1 and k.split("_")[0] in ("StdPT", "PausePT")]
-    hexes = [to_hex(plots.ARM_COLORS[k]) for k in study_arms]
+    colors = {**plots.ARM_COLORS, **palette}
+    study_arms = [k for k in colors if k.count("_") >= 1 and k.split("_")[0] in ("StdPT", "PausePT")]
+    hexes = [to_hex(colors[k]) for k in study_arms]
     assert len(study_arms) == 15 and len(set(hexes)) == len(hexes)  # no two arms of the study look alike
-    assert not {to_hex(c) for c in plots.SPARE_COLORS} & {to_hex(c) for c in plots.ARM_COLORS.values()}
+    assert not {to_hex(c) for c in plots.SPARE_COLORS} & {to_hex(c) for c in colors.values()}
+    assert set(plots.ARM_COLORS) == set(plots.VARIANTS) | {"StdPT", "PausePT"}  # plots.py names no experiment arm
 
 
 def test_minf_axis_is_linear_in_percent_and_the_band_is_in_the_legend(records, tmp_path):
@@ -173,7 +179,7 @@ def test_bars_say_how_each_model_was_finetuned_and_what_it_got_at_inference(reco
 
 def test_arms_at_the_same_flops_stay_visible(tmp_path):
     arms = ["StdPT_StdFT", "StdPT_StdFT_InfFiller", "StdPT_StdFT_matched"]
-    plots.accuracy_vs_flops(*flops_rows(arms), "infer_flops", "inference FLOPs", str(tmp_path / "f.png"), "t")
+    figures.accuracy_vs_flops(*flops_rows(arms), "infer_flops", "inference FLOPs", str(tmp_path / "f.png"), "t")
     data = json.loads((tmp_path / "f.json").read_text())
     assert len(set(data["markers"].values())) == 3 and len(set(data["offsets_inch"].values())) == 3
 
@@ -281,11 +287,11 @@ def test_error_bars_name_the_split_of_the_records(records, tmp_path):
 
 
 def test_a_flops_figure_of_one_seed_says_so(tmp_path):
-    plots.accuracy_vs_flops(*flops_rows(["StdPT_StdFT", "PausePT_PauseFT"]), "train_flops", "FLOPs",
+    figures.accuracy_vs_flops(*flops_rows(["StdPT_StdFT", "PausePT_PauseFT"]), "train_flops", "FLOPs",
                             str(tmp_path / "one.png"), "t")
     assert json.loads((tmp_path / "one.json").read_text())["ylabel"] == "accuracy, % (one seed)"
     rows, recs = flops_rows(["StdPT_StdFT"])
-    plots.accuracy_vs_flops(rows, recs * 3, "train_flops", "FLOPs", str(tmp_path / "three.png"), "t")
+    figures.accuracy_vs_flops(rows, recs * 3, "train_flops", "FLOPs", str(tmp_path / "three.png"), "t")
     assert "mean ± std over seeds" in json.loads((tmp_path / "three.json").read_text())["ylabel"]
 
 
