@@ -187,4 +187,4 @@ def test_a_folder_given_as_the_checkpoint_names_the_file_in_it(ckpt, task_files,
     for main in (lambda: finetune.main(parse_config(FinetuneConfig, [f"--init_from={folder}", f"--out_dir={tmp_path}",
                                                                      f"--task_file={task_files}/train.jsonl"])),
                  lambda: evaluation.main(parse_config(evaluation.EvalConfig, [f"--ckpt={folder}", "--device=cpu"]))):
-        assert cli_error(main, capsys).endswith(f"{folder} is a directory; give the file in it (e.g. {ckpt})")
+        assert f"{folder} is a directory; give the file in it (e.g. {ckpt})" in cli_error(main, capsys)
