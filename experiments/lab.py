@@ -174,9 +174,14 @@ def run_arms(cfg, seed: int, pre: dict[str, str], files: dict[str, str], runs: l
                     device=cfg.device, dtype=cfg.dtype))
             records += [{**{k: x for k, x in r.items() if k != "samples"}, "variant": v["name"], "m_ft": v["m_ft"],
                          "seed": seed, "split": split, "ft_iters": iters,
-                         **ledger_fields(os.path.join(os.path.dirname(ckpt), "log.jsonl"),
-                                         os.path.join(os.path.dirname(pre[v["pt"]]), "log.jsonl"))} for r in res]
+                         **ledger_fields(os.path.join(os.path.dirname(ckpt), "log.jsonl"), pretrain_log(pre[v["pt"]]))}
+                        for r in res]
     return records
+
+
+def pretrain_log(ckpt: str) -> str:
+    """The training log beside a pretraining checkpoint; none for a model this project did not train (gpt2)."""
+    return os.path.join(os.path.dirname(ckpt), "log.jsonl") if os.path.isfile(ckpt) else ""
 
 
 def ledger_fields(ft_log: str, pt_log: str) -> dict:

@@ -194,8 +194,8 @@ def main(cfg: StudyConfig) -> None:
     t0 = time.time()
     check_config(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    if cfg.preset != "cpu" and not (cfg.std_ckpt and cfg.pause_ckpt):
-        raise UserError("give --std_ckpt and --pause_ckpt (pretraining checkpoints), or --preset=cpu")
+    if cfg.preset != "cpu" and not (cfg.std_ckpt or cfg.pause_ckpt):
+        raise UserError("give --std_ckpt and/or --pause_ckpt (pretraining checkpoints, or gpt2), or --preset=cpu")
     if cfg.rope and cfg.preset != "cpu":
         raise UserError("--rope pretrains its own models: it needs --preset=cpu")
     runs = variants(cfg)
@@ -205,6 +205,12 @@ def main(cfg: StudyConfig) -> None:
     if cfg.arms:
         sources = {a.get("source") for a in runs if a["name"] in cfg.arms}  # an evaluation-only arm needs its source
         runs = [v for v in runs if v["name"] in cfg.arms or v["name"] in sources]
+    if cfg.preset != "cpu":  # e.g. --std_ckpt=gpt2 alone: the arms that start from it
+        given = {"StdPT": cfg.std_ckpt, "PausePT": cfg.pause_ckpt}
+        skipped = [v["name"] for v in runs if not given[v["pt"]]]
+        runs = [v for v in runs if given[v["pt"]]]
+        if skipped:
+            print(f"skipping {', '.join(skipped)}: no --{'pause' if not cfg.pause_ckpt else 'std'}_ckpt given")
     seeds, worked = lab.seeds_of(cfg), False
     if cfg.jobs > 1 and not cfg.aggregate:
         before, start = sum(map(lambda s: n_results(cfg, s), seeds)), time.time()
@@ -230,8 +236,8 @@ def main(cfg: StudyConfig) -> None:
     kind = "aggregate-only" if cfg.aggregate else "ran" if worked else "reuse"
     summary = summarise(cfg, records, runs, lab.run_time(cfg.out_dir, seeds, time.time() - t0, kind))
     pre = pretrainings_and_files(cfg, 0, runs)[0] if 0 in seeds and cfg.preset != "cpu" and not cfg.aggregate else {}
-    logs = {name: os.path.join(os.path.dirname(pre[name]) if pre else os.path.join(cfg.out_dir, "seed0", name),
-                               "log.jsonl") for name in ("StdPT", "PausePT")}
+    logs = {name: lab.pretrain_log(pre[name]) if pre else os.path.join(cfg.out_dir, "seed0", name, "log.jsonl")
+            for name in ("StdPT", "PausePT")}
     logs |= {v["name"]: os.path.join(cfg.out_dir, "seed0", v["name"], "log.jsonl") for v in runs}
     report.draw(cfg.out_dir, summary, runs, logs)
     print(f"study written to {cfg.out_dir}; {lab.time_line(summary)}")

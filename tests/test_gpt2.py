@@ -196,3 +196,18 @@ def test_a_missing_file_is_one_line_naming_the_url_and_a_mirror(hub, capsys):
     err = cli_error(capsys, lambda: evaluation.main(parse_config(evaluation.EvalConfig, [
         "--ckpt=gpt2-xl", "--task=gsm8k", "--device=cpu"])))
     assert "/gpt2-xl/resolve/main/config.json failed: HTTP 404" in err and runtime.HF_URL_ENV in err
+
+
+def test_the_study_runs_the_stdpt_arms_from_gpt2_and_names_what_it_skips(hf, tmp_path, capsys):
+    from experiments import study
+    rows = [{"question": f"What is {a} plus {b}?", "answer": f"#### {a + b}"} for a in range(3) for b in range(3)]
+    task = tmp_path / "add.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = study.parse_config(study.StudyConfig, [
+        f"--std_ckpt={hf[1]}", "--task=gsm8k", f"--task_train={task}", f"--task_eval={task}", f"--out_dir={tmp_path}/s",
+        "--m_ft=2", "--m_inf=0,2", "--ft_iters=2", "--ft_batch_size=4", "--device=cpu", "--eval_batch_size=16"])
+    study.main(cfg)
+    assert "skipping PausePT_StdFT, PausePT_PauseFT: no --pause_ckpt given" in capsys.readouterr().out
+    summary = json.load(open(tmp_path / "s" / "summary.json"))
+    assert [a["name"] for a in summary["arms"]] == ["StdPT_StdFT", "StdPT_PauseFT"]
+    assert {r["variant"] for r in summary["records"]} == {"StdPT_StdFT", "StdPT_PauseFT"}
