@@ -57,6 +57,10 @@ class EvalConfig:
     dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
     bpe_file: str = opt("", "local GPT-2 BPE file (r50k_base.tiktoken) for offline use")
 
+    def validate(self) -> None:
+        if not self.m_inf:
+            raise UserError("--m_inf is empty: give one value or a list, e.g. --m_inf=0,5,10")
+
 
 def variant_name(meta: dict, filler: str = "") -> str:
     """The arm as the study names it: StdPT/PausePT from the pretraining pause_frac, StdFT/PauseFT/FillerFT

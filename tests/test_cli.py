@@ -167,3 +167,26 @@ def test_the_python_it_needs_is_stated_and_an_older_one_is_one_line():
     p = subprocess.run([sys.executable, "-c", older], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("error: pausegpt needs Python >= 3.11, this is ")
     assert p.stderr.count("\n") == 1
+
+
+def test_flags_win_over_config_files_wherever_they_stand(tmp_path):
+    import train
+    (tmp_path / "a.toml").write_text("n_layer = 3\nn_head = 4\n")
+    for argv in (["--n_layer=2", f"--config={tmp_path / 'a.toml'}"], [f"{tmp_path / 'a.toml'}", "--n_layer=2"]):
+        cfg = parse_config(train.TrainConfig, argv)
+        assert (cfg.n_layer, cfg.n_head) == (2, 4)
+
+
+def test_a_toml_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    import train
+    (tmp_path / "bad.toml").write_bytes(b"n_layer = \xff\xfe\n")
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: parse_config(train.TrainConfig, [str(tmp_path / "bad.toml")]))
+    assert e.value.code == 2 and "is not valid TOML" in capsys.readouterr().err
+
+
+def test_an_empty_m_inf_list_is_refused(capsys):
+    import eval as evaluation
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: parse_config(evaluation.EvalConfig, ["--m_inf="]))
+    assert e.value.code == 2 and "--m_inf is empty" in capsys.readouterr().err

@@ -178,3 +178,12 @@ def test_help_shows_what_the_cpu_preset_sets(capsys):
         study.parse_config(study.StudyConfig, ["--help"])
     out = capsys.readouterr().out
     assert all(f"--{k}=" in out.split("options")[0] for k in study.CPU_PRESET) and "--ft_iters=2500" in out
+
+
+def test_a_synth_killed_after_its_first_file_is_written_again(tmp_path, monkeypatch):
+    """synth writes the task files first and the validation corpus last: only that one says it finished."""
+    tiny_cpu_preset(monkeypatch, n_train=100, n_held_out=10, docs=8, pt_iters=1)
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "test.jsonl").write_text('{"text": "gap 1 2 1"}\n')  # a kill right after this file
+    files = lab.cpu_data(str(tmp_path), [4, 5], "lambada")
+    assert len(open(files["test"]).readlines()) == 10 and os.path.exists(files["data"] + "/meta.json")
