@@ -336,6 +336,8 @@ def read_results(paths: list[str]) -> list[dict]:
         if not isinstance(recs, list) or not recs or not all(isinstance(r, dict) and {"variant", "m_ft", "m_inf", "metric",
                                                                                "value", "task"} <= r.keys() for r in recs):
             raise UserError(f"{path} is not an eval.py results file (a list of records with variant, m_inf, value)")
+        if problem := next((record_problem(r) for r in recs if record_problem(r)), None):
+            raise UserError(f"{path}: {problem}")
         per_file.append(recs)
     names = [recs[0]["variant"] for recs in per_file]
     out = []
@@ -344,6 +346,19 @@ def read_results(paths: list[str]) -> list[dict]:
         label = name if len(same) == 1 else f"{name} ({distinct_part(path, same)})"
         out += [{**{k: v for k, v in r.items() if k != "samples"}, "label": label} for r in recs]
     return out
+
+
+def record_problem(r: dict) -> str | None:
+    """What makes a results record unplottable (a value that is not a finite number, M_inf not a count), or None."""
+    for key in ("value", "stderr"):
+        v = r.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"a record's {key} is {v!r}, not a finite number (variant {r.get('variant')!r}, m_inf {r.get('m_inf')!r})"
+    if any(isinstance(r[k], bool) or not isinstance(r[k], int) or r[k] < 0 for k in ("m_inf",)):
+        return f"a record's m_inf is {r['m_inf']!r}, not a number of pauses"
+    if not all(isinstance(r[k], str) for k in ("variant", "metric", "task")):
+        return "a record's variant, metric and task must be strings"
+    return None
 
 
 def distinct_part(path: str, paths: list[str]) -> str:

@@ -302,3 +302,16 @@ def test_out_must_be_a_png_so_no_results_file_is_written_over(tmp_path, out):
     with pytest.raises(UserError, match=r"must name a \.png file"):
         plots.cli(["minf", a, "--out=" + out.format(a=a, d=tmp_path)])
     assert (tmp_path / "a.json").read_text() == before and sorted(os.listdir(tmp_path)) == ["a.json"]
+
+
+@pytest.mark.parametrize("damage,says", [({"value": float("nan")}, "value is nan"), ({"value": "0.5"}, "value is '0.5'"),
+                                         ({"stderr": float("inf")}, "stderr is inf"), ({"m_inf": "3"}, "m_inf is '3'"),
+                                         ({"variant": 7}, "must be strings")])
+def test_a_results_file_with_a_value_that_cannot_be_drawn_is_one_line(tmp_path, capsys, damage, says):
+    rec = {"task": "gsm8k", "variant": "StdPT_PauseFT", "m_ft": 2, "m_inf": 2, "metric": "em", "value": 0.5,
+           "stderr": 0.01, "n": 10}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([rec, {**rec, **damage}]))
+    with pytest.raises(SystemExit) as e:
+        plots.run_main(plots.cli, ["minf", str(path), f"--out={tmp_path / 'm.png'}"])
+    assert e.value.code == 2 and says in capsys.readouterr().err and not (tmp_path / "m.png").exists()
