@@ -322,3 +322,18 @@ def test_an_empty_prompt_is_a_clear_error(tmp_path, capsys):
     model, tok, _ = checkpoint.load_model(path, "cpu")
     with pytest.raises(UserError, match="a prompt is empty"):
         sample.generate(model, [[1, 2], []], 3, tok.vocab_size)
+
+
+@pytest.mark.parametrize("damage,says", [(lambda c: c["meta"].pop("rng"), "lacks the step, RNG or optimizer state"),
+                                         (lambda c: c.update(optimizer=None), "lacks the step, RNG or optimizer state"),
+                                         (lambda c: c["meta"].pop("step"), "lacks the step, RNG or optimizer state"),
+                                         (lambda c: c["optimizer"]["state"].clear() or c["optimizer"].update(
+                                             param_groups=[]), "cannot restore")])
+def test_resume_from_a_checkpoint_missing_what_a_resume_needs_is_one_line(char_data, tmp_path, capsys, damage, says):
+    out = tmp_path / "run"
+    run_train(char_data, out)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    damage(ckpt)
+    torch.save(ckpt, out / "ckpt.pt")
+    err = one_line_error(capsys, run_train, char_data, out, "--resume", "--max_iters=4")
+    assert says in err, err
