@@ -36,7 +36,7 @@ SPLITS = ("val", "test")
 # (--task=gsm8k: GSM8K's, whose prompt gives models without pauses more room).
 CPU_PRESET = {"task": "lambada", "m_ft": 12, "m_inf": [0, 3, 6, 12, 18, 24], "finetune_filler": "\\n",
               "inference_filler": ".", "compute_matched": True, "ft_iters": 2500, "ft_batch_size": 64, "ft_lr": 1e-3,
-              "max_examples": 1000}
+              "max_examples": 1000, "jobs": 2}  # two one-thread workers: 1.26x sooner on 2 cores (docs/RESULTS.md)
 
 
 @dataclass

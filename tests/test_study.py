@@ -64,7 +64,7 @@ def tiny_cpu_preset(monkeypatch, n_train: int, n_held_out: int, docs: int, pt_it
 
 def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
     tiny_cpu_preset(monkeypatch, n_train=300, n_held_out=30, docs=40, pt_iters=6)
-    argv = ["--preset=cpu", f"--out_dir={tmp_path}", "--seeds=2", "--ft_iters=4", "--ft_batch_size=8",
+    argv = ["--preset=cpu", "--jobs=1", f"--out_dir={tmp_path}", "--seeds=2", "--ft_iters=4", "--ft_batch_size=8",
             "--m_ft=3", "--m_inf=0,3", "--max_examples=20", "--device=cpu", "--cpu_n=4,6"]
     cfg = study.apply_preset(study.parse_config(study.StudyConfig, argv), argv)
     assert cfg.m_ft == 3 and cfg.finetune_filler == "\\n" and cfg.compute_matched  # given keys win over the preset
@@ -120,7 +120,7 @@ def test_miniature_cpu_study_end_to_end(tmp_path, monkeypatch):
 
 def test_only_seed_runs_one_seed_without_summary_then_seeds_reuses_it(tmp_path, monkeypatch):
     tiny_cpu_preset(monkeypatch, n_train=200, n_held_out=20, docs=20, pt_iters=3)
-    argv = ["--preset=cpu", f"--out_dir={tmp_path}", "--ft_iters=2", "--ft_batch_size=4", "--m_ft=2", "--m_inf=2",
+    argv = ["--preset=cpu", "--jobs=1", f"--out_dir={tmp_path}", "--ft_iters=2", "--ft_batch_size=4", "--m_ft=2", "--m_inf=2",
             "--device=cpu", "--cpu_n=4,5", "--compute_matched=false", "--finetune_filler=", "--inference_filler=",
             "--random_m_ft=0:4", "--rope"]
     cfg = study.apply_preset(study.parse_config(study.StudyConfig, argv), argv)
@@ -187,3 +187,20 @@ def test_a_synth_killed_after_its_first_file_is_written_again(tmp_path, monkeypa
     (tmp_path / "synth" / "test.jsonl").write_text('{"text": "gap 1 2 1"}\n')  # a kill right after this file
     files = lab.cpu_data(str(tmp_path), [4, 5], "lambada")
     assert len(open(files["test"]).readlines()) == 10 and os.path.exists(files["data"] + "/meta.json")
+
+
+def test_the_pool_runs_pretrainings_first_then_each_arm_after_what_it_starts_from():
+    argv = ["--preset=cpu", "--seeds=2"]
+    cfg = study.apply_preset(study.parse_config(study.StudyConfig, argv), argv)
+    assert cfg.jobs == 2  # the cpu preset's default
+    runs = study.variants(cfg)
+    plan = study.pool_plan(cfg, runs, [0, 1])
+    keys = [k for k, _ in plan]
+    assert keys[:4] == [(0, "PausePT"), (1, "PausePT"), (0, "StdPT"), (1, "StdPT")]
+    assert keys[4:6] == [(0, "StdPT_StdFT_matched"), (1, "StdPT_StdFT_matched")]  # the longest arm first
+    waits = dict(plan)
+    for v in runs:
+        for s in (0, 1):
+            assert waits[(s, v["name"])] == [(s, v.get("source", v["pt"]))]
+            assert keys.index(waits[(s, v["name"])][0]) < keys.index((s, v["name"]))
+    assert len(keys) == len(set(keys)) == 4 + 2 * len(runs)
