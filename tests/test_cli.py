@@ -1,6 +1,7 @@
 """Every script: --help lists every option; a bad option or value is one line on stderr and exit status 2."""
 import dataclasses
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -113,15 +114,40 @@ HELP = ["tokenizer.py", "tasks.py", "data.py", "train.py", "finetune.py", "sampl
 NO_COMMAND = ["prepare.py", "flops.py", "model.py", "metrics.py"]  # libraries: their docstring and what to run
 
 
-@pytest.mark.parametrize("script", HELP + NO_COMMAND)
-def test_every_script_help_exits_0_and_prints_its_options(script):
-    p = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+# Every script's --help run as `python SCRIPT --help` would run it, in one process (one torch import, not 14).
+HELP_ALL = """
+import contextlib, io, json, runpy, sys
+out = {}
+for script in sys.argv[1:]:
+    o, e = io.StringIO(), io.StringIO()
+    sys.argv = [script, "--help"]
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as x:
+            code = x.code or 0
+    out[script] = [code, o.getvalue(), e.getvalue()]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict:
+    p = subprocess.run([sys.executable, "-c", HELP_ALL, *HELP, *NO_COMMAND], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("script", HELP + NO_COMMAND)
+def test_every_script_help_exits_0_and_prints_its_options(script, helps):
+    code, stdout, stderr = helps[script]
+    assert code == 0 and stderr == "", stderr
     if script in NO_COMMAND:
-        assert f"{script} has no command of its own: " in p.stdout and "python " in p.stdout.splitlines()[-1]
+        assert f"{script} has no command of its own: " in stdout and "python " in stdout.splitlines()[-1]
     else:
-        assert p.stdout.startswith("usage:") and "\n  --" in p.stdout and "options (defaults in brackets" in p.stdout
+        assert stdout.startswith("usage:") and "\n  --" in stdout and "options (defaults in brackets" in stdout
 
 
 def help_at_a_terminal(script: str, columns: int) -> str:
