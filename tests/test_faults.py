@@ -16,12 +16,11 @@ import pytest
 import torch
 
 import checkpoint
-import config
 import data
-import runtime
 import prepare
+import runtime
 import train
-from config import UserError, run_main
+from config import UserError, parse_config, run_main
 from model import GPT, GPTConfig
 from tokenizer import CharTokenizer
 
@@ -237,7 +236,7 @@ def char_data(tmp_path_factory):
 
 
 def train_cfg(char_data, out_dir, *extra):
-    return config.parse_config(train.TrainConfig, [f"--data_dir={char_data}", f"--out_dir={out_dir}", *TINY, *extra])
+    return parse_config(train.TrainConfig, [f"--data_dir={char_data}", f"--out_dir={out_dir}", *TINY, *extra])
 
 
 @pytest.fixture
@@ -437,8 +436,7 @@ def test_a_bad_train_option_is_one_line(option, message, char_data, tmp_path, ca
 ])
 def test_a_bad_sample_option_is_one_line(option, message, capsys):
     import sample
-    assert message in cli_error(capsys, lambda: sample.main(config.parse_config(sample.SampleConfig,
-                                                                                ["--ckpt=missing.pt", option])))
+    assert message in cli_error(capsys, lambda: sample.main(parse_config(sample.SampleConfig, ["--ckpt=missing.pt", option])))
 
 
 def test_resume_refuses_a_changed_run_and_logs_allowed_changes(char_data, tmp_path, capsys):
