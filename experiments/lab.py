@@ -248,11 +248,6 @@ def verdict(p: dict, seeds: int = 5, t_crit: float = T_CRIT) -> str:
     return "no gain established"
 
 
-def fmt(x, spec: str = ".1f") -> str:
-    """A number for a table; an undefined one (NaN: a spread over one seed) as a dash."""
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
 def md_table(header: list[str], rows: list[list]) -> list[str]:
     """A markdown table's lines."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import plots
+from plots import fmt_num
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
 from experiments import figures, lab, synth
 from experiments.lab import arm
@@ -137,7 +138,7 @@ def run_stage(cfg: SeparatorConfig, seed: int, name: str) -> None:
     lab.run_arms(cfg, seed, pre, files, [v for v in budgeted(cfg, seed, files, pre) if v["name"] == name])
 
 
-def seeds_of_arm(cfg: SeparatorConfig, v: dict, seeds: list[int]) -> list[int]:
+def seeds_of_arm(v: dict, seeds: list[int]) -> list[int]:
     return [s for s in seeds if s in v.get("seeds", seeds)]
 
 
@@ -191,7 +192,7 @@ def write_report(cfg: SeparatorConfig, summary: dict, wall_s: float | None) -> N
     if p:
         lines += [f"**Primary test** (fresh_test_2): {PAUSE_ARM} minus {summary['best_baseline_on_val']} (the best "
                   f"of {', '.join(BASELINES)} on val): {100 * p['mean_diff']:+.1f} points, stderr "
-                  f"{lab.fmt(100 * p['stderr'])}, mean/stderr {lab.fmt(p['t'], '.2f')}, seeds + / −: {p['wins']} / "
+                  f"{fmt_num(100 * p['stderr'])}, mean/stderr {fmt_num(p['t'], '.2f')}, seeds + / −: {p['wins']} / "
                   f"{p['losses']} -> **{summary['verdict']}**.", ""]
     for split in SPLITS:
         rows = [r for r in summary["rows"] if r["split"] == split]
@@ -205,8 +206,8 @@ def write_report(cfg: SeparatorConfig, summary: dict, wall_s: float | None) -> N
             lines += ["", f"Best: {f['best']}; cheapest within 1 point of it: {f['cheapest_within_1_point']}.", ""]
     lines += ["Paired differences (same seed), in points:", ""] + lab.md_table(
         ["arm", "vs", "split", "seeds", "mean diff", "stderr", "mean/stderr", "+ / −"],
-        [[q["arm"], q["vs"], q["split"], q["n_seeds"], lab.fmt(100 * q["mean_diff"], "+.1f"),
-          lab.fmt(100 * q["stderr"]), lab.fmt(q["t"], ".2f"), f"{q['wins']} / {q['losses']}"]
+        [[q["arm"], q["vs"], q["split"], q["n_seeds"], fmt_num(100 * q["mean_diff"], "+.1f"),
+          fmt_num(100 * q["stderr"]), fmt_num(q["t"], ".2f"), f"{q['wins']} / {q['losses']}"]
          for q in summary["paired"] if q["n_seeds"]])
     write_text(os.path.join(cfg.out_dir, "separator.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -226,7 +227,7 @@ def main(cfg: SeparatorConfig) -> dict | None:
     if not cfg.aggregate:
         data_files(cfg)  # once, before any worker
         plan = [((s, pt), []) for pt in ("StdPT", "PausePT") for s in seeds]
-        plan += [((s, v["name"]), [(s, v["pt"])]) for v in arms(cfg) for s in seeds_of_arm(cfg, v, seeds)]
+        plan += [((s, v["name"]), [(s, v["pt"])]) for v in arms(cfg) for s in seeds_of_arm(v, seeds)]
         if cfg.jobs > 1:
             lab.run_pool(plan, functools.partial(run_stage, cfg),
                          lambda key: os.path.join(cfg.out_dir, f"seed{key[0]}", f"{key[1]}.out"), cfg.jobs, "runs")
@@ -240,7 +241,7 @@ def main(cfg: SeparatorConfig) -> dict | None:
     records = []
     for seed in seeds:
         records += lab.run_arms(dataclasses.replace(cfg, aggregate=True), seed, {}, {},
-                                [v for v in arms(cfg) if seed in seeds_of_arm(cfg, v, [seed])])
+                                [v for v in arms(cfg) if seed in seeds_of_arm(v, [seed])])
     if not records:
         raise UserError(f"no results under {cfg.out_dir}/seed*/: run without --aggregate first")
     summary = summarise(cfg, records)
@@ -284,7 +285,7 @@ def depth_report(cfg: SeparatorConfig) -> dict:
     lines += lab.md_table(["layers", "PausePT_PauseFT", "best baseline (val)", "its accuracy", "mean diff", "stderr",
                            "mean/stderr", "+ / −"],
                           [[r["n_layer"], f"{100 * r['pause']:.1f}", r["baseline"], f"{100 * r['baseline_acc']:.1f}",
-                            lab.fmt(100 * r["mean_diff"], "+.1f"), lab.fmt(100 * r["stderr"]), lab.fmt(r["t"], ".2f"),
+                            fmt_num(100 * r["mean_diff"], "+.1f"), fmt_num(100 * r["stderr"]), fmt_num(r["t"], ".2f"),
                             f"{r['wins']} / {r['losses']}"] for r in rows])
     write_text(os.path.join(cfg.out_dir, "depth.md"), "\n".join(lines) + "\n")
     fig, ax = plots.plt.subplots(figsize=(6, 4))

@@ -94,4 +94,4 @@ def test_the_tuning_and_curve_arms_run_on_the_registered_seed_and_multiples():
                           "SepFT_1_lr0.002", "PausePT_PauseFT_x0.5", "PausePT_PauseFT_x2", "SepFT_1_x2"}
     assert extra["SepFT_1_lr0.002"]["seeds"] == [0] and extra["SepFT_1_lr0.002"]["filler"] == "\\n"
     assert extra["SepFT_1_x2"]["lr"] == 2e-3 and extra["PausePT_PauseFT_x0.5"]["lr"] == 1e-3
-    assert separator.seeds_of_arm(cfg, extra["SepFT_1_lr0.002"], [0, 1, 2]) == [0]
+    assert separator.seeds_of_arm(extra["SepFT_1_lr0.002"], [0, 1, 2]) == [0]
