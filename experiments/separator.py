@@ -69,6 +69,8 @@ class SeparatorConfig:
                                    gt=0)
     pause_lr: float = opt(1e-3, "experiment 2: the pause arm's learning rate on the curve", gt=0, le=1)
     baseline_lr: float = opt(1e-3, "experiment 2: --baseline's learning rate on the curve", gt=0, le=1)
+    only_arms: list[str] = opt([], "run and report only these registered arms (default: all six); the pause arm "
+                                   "always runs", choices=(PAUSE_ARM,) + BASELINES + ("PauseFT_1", "PauseFT_3"))
     depths_from: list[str] = opt([], "experiment 4: no runs; read the separator.json of these out_dirs (one per "
                                      "depth) and write depth.md and depth.png into out_dir")
     device: str = opt("auto", "where to run", choices=DEVICES)
@@ -82,10 +84,16 @@ def arms(cfg: SeparatorConfig) -> list[dict]:
             arm("StdFT_flops", "StdPT", 0, eval_at=[0]),
             *[arm(f"SepFT_{k}", "StdPT", k, filler=cfg.separator, eval_at=[k]) for k in (1, 3)],
             *[arm(f"PauseFT_{k}", "PausePT", k, eval_at=[k]) for k in (1, 3)]]
+    if cfg.only_arms:
+        base = [v for v in base if v["name"] in (PAUSE_ARM, *cfg.only_arms)]
     tuned = [v for v in base if v["name"] in (PAUSE_ARM, cfg.baseline)]
     extra = [{**v, "name": f"{v['name']}_lr{lr:g}", "lr": lr, "seeds": [0]} for v in tuned for lr in cfg.lr_grid]
-    extra += [{**v, "name": f"{v['name']}_x{m:g}", "mult": m, "lr": cfg.pause_lr if v["name"] == PAUSE_ARM
-               else cfg.baseline_lr} for v in tuned for m in (cfg.pause_curve if v["name"] == PAUSE_ARM else cfg.curve)]
+    for v in tuned:
+        lr = cfg.pause_lr if v["name"] == PAUSE_ARM else cfg.baseline_lr
+        for m in cfg.pause_curve if v["name"] == PAUSE_ARM else cfg.curve:
+            # 1x at the study's rate is the registered arm itself: its checkpoint is reused, not trained again
+            same = {"source": v["name"]} if m == 1 and lr == cfg.ft_lr else {}
+            extra.append({**v, "name": f"{v['name']}_x{m:g}", "mult": m, "lr": lr, **same})
     return base + extra
 
 

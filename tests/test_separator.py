@@ -95,3 +95,14 @@ def test_the_tuning_and_curve_arms_run_on_the_registered_seed_and_multiples():
     assert extra["SepFT_1_lr0.002"]["seeds"] == [0] and extra["SepFT_1_lr0.002"]["filler"] == "\\n"
     assert extra["SepFT_1_x2"]["lr"] == 2e-3 and extra["PausePT_PauseFT_x0.5"]["lr"] == 1e-3
     assert separator.seeds_of_arm(extra["SepFT_1_lr0.002"], [0, 1, 2]) == [0]
+
+
+def test_only_arms_keeps_the_pause_arm_and_the_curve_reuses_the_registered_run_at_1x():
+    cfg = separator.parse_config(separator.SeparatorConfig, ["--only_arms=StdFT_flops,SepFT_1,SepFT_3",
+                                                             "--baseline=SepFT_1", "--curve=1,2", "--pause_curve=1",
+                                                             "--pause_lr=2e-3"])
+    names = {v["name"]: v for v in separator.arms(cfg)}
+    assert set(names) == {"PausePT_PauseFT", "StdFT_flops", "SepFT_1", "SepFT_3", "SepFT_1_x1", "SepFT_1_x2",
+                          "PausePT_PauseFT_x1"}
+    assert names["SepFT_1_x1"]["source"] == "SepFT_1"  # same rate as the registered arm: its checkpoint
+    assert "source" not in names["SepFT_1_x2"] and "source" not in names["PausePT_PauseFT_x1"]  # 2e-3: trained
