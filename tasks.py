@@ -125,20 +125,29 @@ def default_path(name: str, split: str) -> str:
 
 
 def _read_text(path: str) -> str:
-    """The file's text; .bz2 and .gz are read compressed (the WebQuestions release is bz2)."""
+    """The file's text; .bz2 and .gz are read compressed (the WebQuestions release is bz2). Bytes that are not
+    UTF-8 text (a damaged or binary file, a zero-filled tail) are a UserError naming the file and the line."""
     opener = bz2.open if path.endswith(".bz2") else gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            return f.read()
+        with opener(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise UserError(f"task file {path} does not exist (python tasks.py download fetches the official files)") from None
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError) as e:
         raise UserError(f"task file {path} cannot be read: {e}") from None
+    if (nul := raw.find(b"\0")) >= 0:  # valid UTF-8 but in no task file, and json's message would not say it
+        line = raw.count(b"\n", 0, nul) + 1
+        raise UserError(f"{path}, line {line}: NUL byte (a damaged or binary file?)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}, line {line}: not UTF-8 ({e.reason}, byte 0x{raw[e.start]:02x})") from None
 
 
 def _jsonl(path: str) -> list[tuple[str, object]]:
     records = []
-    for i, line in enumerate(_read_text(path).splitlines(), 1):
+    for i, line in enumerate(_read_text(path).split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if line.strip():
             try:
                 records.append((f"line {i}", json.loads(line)))

@@ -1,5 +1,6 @@
-"""The doors of the task files: a download that is not the official file is one line and exit status 2, never
-taken as whole, and fetched again on a rerun."""
+"""The doors of the task files: a download that is not the official file, never taken as whole and fetched
+again on a rerun; a task file that is not text. Each is one line, exit status 2."""
+import bz2
 import hashlib
 import json
 
@@ -71,3 +72,38 @@ def test_every_official_file_is_pinned_but_piqas_train_questions():
     files = {f"{spec.name}/{url.rsplit('/', 1)[1]}" for spec in tasks.TASKS.values() for url in spec.files.values()}
     assert files - set(tasks.SHA256) == {"piqa/train.jsonl"}  # no public checksum found (see tasks.SHA256)
     assert all(len(h) == 64 and set(h) <= set("0123456789abcdef") for h in tasks.SHA256.values())
+
+
+# ----------------------------------------------------------------------------- task files that are not text
+
+GSM8K = b'{"question": "What is 2+3?", "answer": "2+3=5\\n#### 5"}\n'
+FILES = {  # task -> (file name, its bytes with line 2 damaged by BAD, how the file is stored)
+    "gsm8k": ("test.jsonl", GSM8K + b"BAD\n" + GSM8K, bytes),
+    "squad": ("dev-v1.1.json", b'{"version": "1.1",\n "data": "BAD"}\n', bytes),
+    "webquestions": ("webquestions.examples.test.json.bz2", b'[\n {"utterance": "BAD"}]\n', bz2.compress),
+}
+
+
+@pytest.mark.parametrize("bad,says", [(b'{"question": "\xff\xfe"}', "not UTF-8"), (b"\x00\x00\x00\x00", "NUL byte")],
+                         ids=["invalid-utf8", "nul"])
+@pytest.mark.parametrize("task", FILES)
+def test_a_task_file_that_is_not_text_is_one_line_naming_file_and_line(capsys, tmp_path, task, bad, says):
+    name, content, store = FILES[task]
+    path = tmp_path / name
+    path.write_bytes(store(content.replace(b"BAD", bad)))
+    assert cli_error(capsys, tasks.load_task, task, str(path)).startswith(f"error: {path}, line 2: {says}")
+
+
+def test_piqa_labels_with_a_nul_byte_name_their_file_and_line(capsys, tmp_path):
+    (tmp_path / "valid.jsonl").write_text(json.dumps({"goal": "g", "sol1": "a", "sol2": "b"}) + "\n")
+    (tmp_path / "valid-labels.lst").write_bytes(b"\x000\n")
+    line = cli_error(capsys, tasks.load_task, "piqa", str(tmp_path / "valid.jsonl"))
+    assert line.startswith(f"error: {tmp_path / 'valid-labels.lst'}, line 1: NUL byte")
+
+
+def test_a_line_separator_inside_a_json_string_is_not_a_line_break(tmp_path):
+    path = tmp_path / "test.jsonl"  # JSON allows U+2028 and U+0085 raw in a string; str.splitlines() breaks there
+    path.write_text(json.dumps({"question": "a\u2028b\x85c?", "answer": "#### 1"}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    [ex] = tasks.load_task("gsm8k", str(path))
+    assert ex.prefix == "Question: a\u2028b\x85c?\nAnswer:"
