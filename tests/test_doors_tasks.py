@@ -1,5 +1,5 @@
 """The doors of the task files: a download that is not the official file, never taken as whole and fetched
-again on a rerun; a task file that is not text. Each is one line, exit status 2."""
+again on a rerun; a task file that is not text; a config file with a key twice. Each is one line, exit status 2."""
 import bz2
 import hashlib
 import json
@@ -107,3 +107,14 @@ def test_a_line_separator_inside_a_json_string_is_not_a_line_break(tmp_path):
                     encoding="utf-8")
     [ex] = tasks.load_task("gsm8k", str(path))
     assert ex.prefix == "Question: a\u2028b\x85c?\nAnswer:"
+
+
+# ----------------------------------------------------------------------------- a config file with a key twice
+
+def test_a_config_file_with_a_key_twice_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tasks.toml"
+    path.write_text('out_dir = "a"\nsplits = ["eval"]\nout_dir = "b"\n')
+    line = cli_error(capsys, tasks.main, ["download", str(path)])
+    assert line.startswith(f"error: config file {path} is not valid TOML") and "line 3" in line
+    assert list(tmp_path.iterdir()) == [path]  # refused before any work
