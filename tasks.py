@@ -34,13 +34,13 @@ class TaskSpec:
     kind: str  # "decode" or "scored"
     metrics: tuple[str, ...]
     stop: tuple[str, ...]  # a decoded answer ends at the first of these (see metrics.truncate)
-    files: dict  # split -> (url, sha256 or None, filename); "eval_labels"/"train_labels" for PIQA
+    files: dict  # split -> URL of the official file, kept under its own name; "eval_labels"/"train_labels" for PIQA
     max_new_tokens: int = 32  # decode budget: the longest answer generated (short answers need few tokens)
 
 
-# sha256 values are those recorded in Hugging Face datasets' dataset_infos.json for the same files.
 _GSM = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/"
 _SQUAD = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
+_COQA = "https://nlp.stanford.edu/data/coqa/"
 _CSQA = "https://s3.amazonaws.com/commensenseqa/"
 _PIQA = "https://yonatanbisk.com/piqa/data/"
 _HS = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/"
@@ -51,50 +51,61 @@ _EM, _EMF1, _ACC = ("em",), ("em", "f1"), ("acc", "acc_norm")
 
 TASKS: dict[str, TaskSpec] = {s.name: s for s in [
     # The answer is a worked solution ending in "#### N" (40-150 GPT-2 tokens): lm-evaluation-harness's budget, 256.
-    TaskSpec("gsm8k", "decode", _EM, ("\n\n", "Question:"), max_new_tokens=256, files={
-        "train": (_GSM + "train.jsonl", "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
-                  "train.jsonl"),
-        "eval": (_GSM + "test.jsonl", "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
-                 "test.jsonl")}),
-    TaskSpec("squad", "decode", _EMF1, ("\n",), {
-        "train": (_SQUAD + "train-v1.1.json", "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955",
-                  "train-v1.1.json"),
-        "eval": (_SQUAD + "dev-v1.1.json", "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
-                 "dev-v1.1.json")}),
-    TaskSpec("coqa", "decode", _EMF1, ("\n",), {
-        "train": ("https://nlp.stanford.edu/data/coqa/coqa-train-v1.0.json",
-                  "b0fdb2bc1bd38dd3ca2ce5fa2ac3e02c6288ac914f241ac409a655ffb6619fa6", "coqa-train-v1.0.json"),
-        "eval": ("https://nlp.stanford.edu/data/coqa/coqa-dev-v1.0.json",
-                 "dfa367a9733ce53222918d0231d9b3bedc2b8ee831a2845f62dfc70701f2540a", "coqa-dev-v1.0.json")}),
-    TaskSpec("commonsenseqa", "decode", _EM, ("\n",), {
-        "train": (_CSQA + "train_rand_split.jsonl", "58ffa3c8472410e24b8c43f423d89c8a003d8284698a6ed7874355dedd09a2fb",
-                  "train_rand_split.jsonl"),
-        "eval": (_CSQA + "dev_rand_split.jsonl", "3210497fdaae614ac085d9eb873dd7f4d49b6f965a93adadc803e1229fd8a02a",
-                 "dev_rand_split.jsonl")}),
-    TaskSpec("piqa", "scored", _ACC, (), {
-        "train": (_PIQA + "train.jsonl", None, "train.jsonl"),
-        "train_labels": (_PIQA + "train-labels.lst", None, "train-labels.lst"),
-        "eval": (_PIQA + "valid.jsonl", None, "valid.jsonl"),
-        "eval_labels": (_PIQA + "valid-labels.lst", None, "valid-labels.lst")}),
-    TaskSpec("hellaswag", "scored", _ACC, (), {
-        "train": (_HS + "hellaswag_train.jsonl", "dae5e69249868cb9fe4e23ff925c60b66169564cfb7072d793cd7356a2b69f8d",
-                  "hellaswag_train.jsonl"),
-        "eval": (_HS + "hellaswag_val.jsonl", "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588",
-                 "hellaswag_val.jsonl")}),
+    TaskSpec("gsm8k", "decode", _EM, ("\n\n", "Question:"), max_new_tokens=256,
+             files={"train": _GSM + "train.jsonl", "eval": _GSM + "test.jsonl"}),
+    TaskSpec("squad", "decode", _EMF1, ("\n",), {"train": _SQUAD + "train-v1.1.json",
+                                                "eval": _SQUAD + "dev-v1.1.json"}),
+    TaskSpec("coqa", "decode", _EMF1, ("\n",), {"train": _COQA + "coqa-train-v1.0.json",
+                                               "eval": _COQA + "coqa-dev-v1.0.json"}),
+    TaskSpec("commonsenseqa", "decode", _EM, ("\n",), {"train": _CSQA + "train_rand_split.jsonl",
+                                                       "eval": _CSQA + "dev_rand_split.jsonl"}),
+    TaskSpec("piqa", "scored", _ACC, (), {"train": _PIQA + "train.jsonl", "train_labels": _PIQA + "train-labels.lst",
+                                          "eval": _PIQA + "valid.jsonl", "eval_labels": _PIQA + "valid-labels.lst"}),
+    TaskSpec("hellaswag", "scored", _ACC, (), {"train": _HS + "hellaswag_train.jsonl",
+                                               "eval": _HS + "hellaswag_val.jsonl"}),
     # A generated word is followed by a space or a newline; a trailing "." is dropped by normalize_answer.
-    TaskSpec("lambada", "decode", _EM, (" ", "\n"), {
-        "eval": ("https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl", None,
-                 "lambada_test.jsonl")}),
-    TaskSpec("webquestions", "decode", _EM, ("\n",), {
-        "train": (_WEBQ + "webquestions.examples.train.json.bz2", None, "webquestions.examples.train.json.bz2"),
-        "eval": (_WEBQ + "webquestions.examples.test.json.bz2", None, "webquestions.examples.test.json.bz2")}),
+    TaskSpec("lambada", "decode", _EM, (" ", "\n"),
+             {"eval": "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"}),
+    TaskSpec("webquestions", "decode", _EM, ("\n",), {"train": _WEBQ + "webquestions.examples.train.json.bz2",
+                                                      "eval": _WEBQ + "webquestions.examples.test.json.bz2"}),
     # lm-evaluation-harness's nq_open.yaml (version 4.0): its description line, and an answer ends at "\n", "." or ",".
-    TaskSpec("nq_open", "decode", _EM, ("\n", ".", ","), {
-        "train": (_NQ + "NQ-open.train.jsonl", "0c93aaf13b12f855628489665e4ef85ffb8573ad444646f11f4fabdc57a0aabf",
-                  "NQ-open.train.jsonl"),
-        "eval": (_NQ + "NQ-open.dev.jsonl", "f15567f38099f3615f5b8a685c0aef449c11ad90d3da3735e8d1b98115b40616",
-                 "NQ-open.dev.jsonl")}),
+    TaskSpec("nq_open", "decode", _EM, ("\n", ".", ","), {"train": _NQ + "NQ-open.train.jsonl",
+                                                          "eval": _NQ + "NQ-open.dev.jsonl"}),
 ]}
+
+# The sha256 of each official file, as "TASK/FILE": a truncated or changed download is refused (and fetched again
+# on a rerun), never taken as the task. Unless said otherwise, the values Hugging Face datasets recorded for the
+# same URLs in its dataset_infos.json.
+SHA256 = {
+    "gsm8k/train.jsonl": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+    "gsm8k/test.jsonl": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+    "squad/train-v1.1.json": "3527663986b8295af4f7fcdff1ba1ff3f72d07d61a20f487cb238a6ef92fd955",
+    "squad/dev-v1.1.json": "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9",
+    "coqa/coqa-train-v1.0.json": "b0fdb2bc1bd38dd3ca2ce5fa2ac3e02c6288ac914f241ac409a655ffb6619fa6",
+    "coqa/coqa-dev-v1.0.json": "dfa367a9733ce53222918d0231d9b3bedc2b8ee831a2845f62dfc70701f2540a",
+    "commonsenseqa/train_rand_split.jsonl": "58ffa3c8472410e24b8c43f423d89c8a003d8284698a6ed7874355dedd09a2fb",
+    "commonsenseqa/dev_rand_split.jsonl": "3210497fdaae614ac085d9eb873dd7f4d49b6f965a93adadc803e1229fd8a02a",
+    "hellaswag/hellaswag_train.jsonl": "dae5e69249868cb9fe4e23ff925c60b66169564cfb7072d793cd7356a2b69f8d",
+    "hellaswag/hellaswag_val.jsonl": "0aa3b88843990f3f10a97b9575c94d7b71fb2205240ba04ae4884d9e9c992588",
+    "nq_open/NQ-open.train.jsonl": "0c93aaf13b12f855628489665e4ef85ffb8573ad444646f11f4fabdc57a0aabf",
+    "nq_open/NQ-open.dev.jsonl": "f15567f38099f3615f5b8a685c0aef449c11ad90d3da3735e8d1b98115b40616",
+    # lm-evaluation-harness pinned it (lm_eval/tasks/lambada.py, commit 0601d0b, from storage.googleapis.com/gpt-2/);
+    # EleutherAI/lambada_openai's dataset card gives the same for this URL (1,819,752 bytes).
+    "lambada/lambada_test.jsonl": "4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226",
+    # huggingface/datasets, datasets/sempre/dataset_infos.json (commit 4da9621): these URLs, 100,725 and 60,689 bytes.
+    "webquestions/webquestions.examples.train.json.bz2":
+        "9eb719cf9adbf96c66dc363742f210ba21d34f4d72b8a3cdd0e61d57a82db187",
+    "webquestions/webquestions.examples.test.json.bz2":
+        "17f3d983209dcaebea2a2e8a2a8cdde30345009052057c70d48adf45c1510960",
+    # PIQA: no checksum of these files is published. yonatanbisk.com serves the repository (see its CNAME)
+    # github.com/ybisk/ybisk.github.io; these are the sha256 of its piqa/data files at commit 21edab4 (its tests.jsonl
+    # there has the sha256 Hugging Face recorded for the served one). Its train.jsonl is not pinned: neither a checksum
+    # nor the file's bytes could be found, so only the length the server announces is checked, and load_task counts
+    # its questions against train-labels.lst (pinned).
+    "piqa/valid.jsonl": "93503cc97c679e459b065c3d13e848282e44b2a25213985bed3e5d458abef72d",
+    "piqa/valid-labels.lst": "b4192dc3a2a0363d9d60ccf79800cbbe2f32ebb17726efdde6970e0b8131bceb",
+    "piqa/train-labels.lst": "df8ae080c41f02f88e81f6932d425f4b7ee72f433ad552e6a30d45e358e8f8bb",
+}
 
 
 def get_spec(name: str) -> TaskSpec:
@@ -110,24 +121,33 @@ def default_path(name: str, split: str) -> str:
     spec = get_spec(name)
     if split not in spec.files:
         raise UserError(f"{name} has no official {split} split; pass the file with --task_file")
-    return os.path.join("data", "tasks", name, spec.files[split][2])
+    return os.path.join("data", "tasks", name, spec.files[split].rsplit("/", 1)[1])
 
 
 def _read_text(path: str) -> str:
-    """The file's text; .bz2 and .gz are read compressed (the WebQuestions release is bz2)."""
+    """The file's text; .bz2 and .gz are read compressed (the WebQuestions release is bz2). Bytes that are not
+    UTF-8 text (a damaged or binary file, a zero-filled tail) are a UserError naming the file and the line."""
     opener = bz2.open if path.endswith(".bz2") else gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            return f.read()
+        with opener(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise UserError(f"task file {path} does not exist (python tasks.py download fetches the official files)") from None
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError) as e:
         raise UserError(f"task file {path} cannot be read: {e}") from None
+    if (nul := raw.find(b"\0")) >= 0:  # valid UTF-8 but in no task file, and json's message would not say it
+        line = raw.count(b"\n", 0, nul) + 1
+        raise UserError(f"{path}, line {line}: NUL byte (a damaged or binary file?)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}, line {line}: not UTF-8 ({e.reason}, byte 0x{raw[e.start]:02x})") from None
 
 
 def _jsonl(path: str) -> list[tuple[str, object]]:
     records = []
-    for i, line in enumerate(_read_text(path).splitlines(), 1):
+    for i, line in enumerate(_read_text(path).split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if line.strip():
             try:
                 records.append((f"line {i}", json.loads(line)))
@@ -309,9 +329,10 @@ def load_task(name: str, path: str) -> list[Example]:
     return out
 
 
-def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None) -> dict[str, str]:
-    """Fetch the official files of `splits` (default: all) into out_dir, PIQA's label files
-    along; returns split -> local path of the file load_task reads."""
+def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None,
+                  base_url: str = "") -> dict[str, str]:
+    """Fetch the official files of `splits` (default: all) into out_dir, PIQA's label files along, each checked
+    against SHA256; from base_url/NAME/<file name> if given. Returns split -> local path of the file load_task reads."""
     spec = get_spec(name)
     splits = splits or tuple(k for k in spec.files if not k.endswith("_labels"))
     unknown = [s for s in splits if s not in spec.files]
@@ -323,9 +344,12 @@ def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None
     for split in splits:
         for key in (split, split + "_labels"):
             if key in spec.files:
-                url, sha256, filename = spec.files[key]
+                url = spec.files[key]
+                filename = url.rsplit("/", 1)[1]
+                if base_url:
+                    url = f"{base_url.rstrip('/')}/{name}/{filename}"
                 dest = os.path.join(out_dir, filename)
-                download_file(url, dest, sha256=sha256, desc=f"{name} {filename}")
+                download_file(url, dest, sha256=SHA256.get(f"{name}/{filename}"), desc=f"{name} {filename}")
                 paths.setdefault(split, dest)
     return paths
 
@@ -334,16 +358,17 @@ def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None
 
 @dataclass
 class DownloadTasksConfig:
-    """Fetch tasks' official files (resumable, sha256-checked where known) into OUT_DIR/TASK/."""
+    """Fetch tasks' official files (resumable, sha256-checked: all but PIQA's train.jsonl) into OUT_DIR/TASK/."""
     task: list[str] = opt(list(TASKS), "tasks to fetch (default: all nine)", choices=tuple(TASKS))
     out_dir: str = opt(os.path.join("data", "tasks"), "files go to OUT_DIR/TASK/<official name>")
     splits: list[str] = opt(["train", "eval"], "splits to fetch", choices=("train", "eval"))
+    base_url: str = opt("", "a mirror holding TASK/<official name>, as OUT_DIR does (default: the official URLs)")
 
 
 def download(cfg: DownloadTasksConfig) -> None:
     for name in cfg.task:
         splits = tuple(s for s in cfg.splits if s in get_spec(name).files)  # LAMBADA has no train split
-        for split, path in download_task(name, os.path.join(cfg.out_dir, name), splits).items():
+        for split, path in download_task(name, os.path.join(cfg.out_dir, name), splits, cfg.base_url).items():
             print(f"{name} {split}: {path}")
 
 

@@ -88,15 +88,13 @@ def test_download_refuses_a_sha256_mismatch(server, tmp_path):
 def test_task_download_command_fetches_official_files(server, tmp_path, monkeypatch):
     import tasks
     rows = b'{"question": "What is 2+3?", "answer": "2+3=5\\n#### 5"}\n'
-    server.files.update({"/gsm/train.jsonl": rows, "/gsm/test.jsonl": rows})
-    sha = hashlib.sha256(rows).hexdigest()
-    spec = tasks.TASKS["gsm8k"]
-    monkeypatch.setitem(tasks.TASKS, "gsm8k", tasks.TaskSpec(spec.name, spec.kind, spec.metrics, spec.stop, {
-        "train": (server.url + "/gsm/train.jsonl", sha, "train.jsonl"),
-        "eval": (server.url + "/gsm/test.jsonl", "0" * 64, "test.jsonl")}))
-    tasks.main(["download", "--task=gsm8k", f"--out_dir={tmp_path}", "--splits=train"])
+    server.files.update({"/gsm8k/train.jsonl": rows, "/gsm8k/test.jsonl": rows})  # a mirror: TASK/<official name>
+    monkeypatch.setitem(tasks.SHA256, "gsm8k/train.jsonl", hashlib.sha256(rows).hexdigest())
+    monkeypatch.setitem(tasks.SHA256, "gsm8k/test.jsonl", "0" * 64)
+    fetch = ["download", "--task=gsm8k", f"--out_dir={tmp_path}", f"--base_url={server.url}"]
+    tasks.main(fetch + ["--splits=train"])
     [ex] = tasks.load_task("gsm8k", str(tmp_path / "gsm8k" / "train.jsonl"))
     assert ex.answers == ["5"]
     with pytest.raises(UserError, match="sha256"):  # a file that is not the official one is refused
-        tasks.main(["download", "--task=gsm8k", f"--out_dir={tmp_path}", "--splits=eval"])
+        tasks.main(fetch + ["--splits=eval"])
     assert not (tmp_path / "gsm8k" / "test.jsonl").exists()
