@@ -31,7 +31,7 @@ import tasks
 from checkpoint import load_model, pretrain_pause_frac
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
 from pause import banned_tokens, prompt_in_block
-from runtime import ensure_writable_file, setup_runtime, write_json
+from runtime import check_memory, ensure_writable_file, memory_needed, setup_runtime, write_json
 from sample import generate
 from tokenizer import inserted_token
 
@@ -161,6 +161,24 @@ def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], vocab_size: i
     return out
 
 
+def check_batch_memory(model, plans: dict, choices: list, decode: bool, budget: int, batch_size: int) -> None:
+    """Refuse, before any model work, a batch of the longest sequences that the device's memory cannot hold: the
+    rows decoded together (their KV cache), or scored together (their logits at every position)."""
+    block = model.config.block_size
+    if decode:
+        rows = min(batch_size, len(choices))  # one row per example
+        longest = max(len(p) + min(budget, block - len(p)) for plan in plans.values() for p, _ in plan)
+    else:
+        rows = min(batch_size, sum(map(len, choices)))
+        longest = max(len(context) + len(c) - 1 for plan in plans.values() for k, cs in enumerate(plan)
+                      for (context, _), c in zip(cs, choices[k]))
+    device = model.lm_head.weight.device
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
+    need = memory_needed(model.config, rows, longest, dtype, logit_rows=rows if decode else rows * longest,
+                         weights=False)
+    check_memory(need, device, f"evaluating {rows} sequences of up to {longest} tokens at once", "lower --batch_size")
+
+
 def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int], cfg: EvalConfig) -> list[dict]:
     """One result per (M_inf, metric): value, standard error, how many prompts were truncated, and for the
     first metric the per-example records (see the module doc)."""
@@ -190,6 +208,7 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
         plans = {m: [in_block(k, m, reserve) for k in range(len(examples))] for m in m_infs}
     else:
         plans = {m: [[in_block(k, m, len(c) - 1) for c in cs] for k, cs in enumerate(choices)] for m in m_infs}
+    check_batch_memory(model, plans, choices, spec.kind == "decode", budget, cfg.batch_size)
     results = []
     total = len(m_infs) * sum(len(c) or 1 for c in choices)
     with tqdm(total=total, desc=f"eval {task}", dynamic_ncols=True) as bar:

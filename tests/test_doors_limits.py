@@ -1,0 +1,126 @@
+"""Doors at the limits: a run too big for memory is refused before it is allocated."""
+import gzip
+import json
+import random
+
+import pytest
+import torch
+
+import data
+import eval as evaluation
+import runtime
+import sample
+import train
+from checkpoint import save_checkpoint
+from config import parse_config, run_main
+from model import GPT, GPTConfig
+from tokenizer import WordTokenizer, padded_vocab
+
+TINY = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=32", "--batch_size=2",
+        "--max_iters=1", "--eval_iters=1"]
+WORDS = ["gap", *map(str, range(20))]
+
+
+def cli_error(capsys, main, *args) -> str:
+    """main(*args) as a script runs it: exit status 2 and one error line (after any progress bars)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(main, *args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "Traceback" not in err and err.count("error: ") == 1, err
+    assert err.splitlines()[-1].startswith("error: "), err
+    return err.splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def char_data(tmp_path_factory):
+    """A prepared char-level data_dir: two train shards and a val shard of a few thousand tokens each."""
+    d = tmp_path_factory.mktemp("doors")
+    rng, files = random.Random(0), []
+    for name in ("c4-train.00000-of-01024.json.gz", "c4-train.00001-of-01024.json.gz"):
+        docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))) for _ in range(60)]
+        with gzip.open(d / name, "wt") as f:
+            f.write("".join(json.dumps({"text": doc}) + "\n" for doc in docs))
+        files.append(str(d / name))
+    data.prepare(data.PrepareConfig(input=files[:1], val_input=files[1:], out_dir=str(d / "data"), tokenizer="char",
+                                    workers=1))
+    return str(d / "data")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A random tiny model over a word vocabulary, as a checkpoint, and a LAMBADA-format task file."""
+    d = tmp_path_factory.mktemp("ckpt")
+    tok = WordTokenizer.build([" ".join(WORDS)])
+    torch.manual_seed(0)
+    conf = GPTConfig(block_size=64, vocab_size=padded_vocab(tok.vocab_size), n_layer=1, n_head=2, n_embd=16,
+                     pause_id=tok.pause_id)
+    save_checkpoint(str(d / "ckpt.pt"), GPT(conf), None, {"kind": "pretrain", "model": conf.__dict__,
+                                                          "tokenizer": tok.meta()})
+    rng = random.Random(1)
+    (d / "task.jsonl").write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(6))}) + "\n"
+                                          for _ in range(40)))
+    return str(d / "ckpt.pt"), str(d / "task.jsonl")
+
+# ----------------------------------------------------------------------------- 1. sizes that cannot fit
+
+
+@pytest.mark.parametrize("override", ["--batch_size=1000000", "--n_layer=100000", "--n_embd=1200000"])
+def test_train_refuses_a_run_too_big_for_memory_before_building_it(override, char_data, tmp_path, capsys):
+    cfg = parse_config(train.TrainConfig, [f"--data_dir={char_data}", f"--out_dir={tmp_path}", "--device=cpu",
+                                           "--block_size=1024", override])
+    err = cli_error(capsys, train.main, cfg)
+    assert "needs about" in err and "GiB" in err and "available" in err, err
+    assert not (tmp_path / "log.jsonl").exists()  # refused before the model and its log
+
+
+def test_the_estimate_matches_the_measured_1b_peak_and_fits_the_presets_on_an_80gb_gpu():
+    bf16, gib = torch.bfloat16, 2**30
+    one_b = GPTConfig(block_size=2048, n_layer=48, n_head=16, n_embd=1024, mlp_hidden=8192)
+    eager = runtime.memory_needed(one_b, 8, 2048, bf16, training=True, logit_rows=GPT.loss_chunk)
+    assert 65 * gib < eager < 70 * gib  # config/1b.toml: 65 GiB measured on one H200, eager, batch 8 x 2048
+    compiled = runtime.memory_needed(one_b, 8, 2048, bf16, training=True, logit_rows=8 * 2048)
+    small = runtime.memory_needed(GPTConfig(block_size=2048), 16, 2048, bf16, training=True, logit_rows=16 * 2048)
+    assert compiled < 78 * gib and 10 * gib < small < 40 * gib  # 130m.toml with --compile: about 28 GiB
+    tiny = runtime.memory_needed(GPTConfig(block_size=128, vocab_size=64, n_layer=3, n_head=4, n_embd=64), 32, 128,
+                                 torch.float32, training=True, logit_rows=GPT.loss_chunk)
+    assert tiny < 2**28  # config/tiny.toml: well under 256 MiB
+
+
+def test_eval_refuses_a_batch_too_big_for_the_memory_it_has(ckpt, monkeypatch, capsys):
+    path, task = ckpt
+    monkeypatch.setattr(runtime, "available_memory", lambda device: 2**20, raising=False)  # a device with 1 MiB
+    args = [f"--ckpt={path}", f"--task_file={task}", "--task=lambada", "--device=cpu", "--m_inf=0"]
+    evaluation.main(parse_config(evaluation.EvalConfig, args + ["--batch_size=4"]))  # 4 rows fit
+    err = cli_error(capsys, lambda: evaluation.main(parse_config(evaluation.EvalConfig, args + ["--batch_size=1000000"])))
+    assert "needs about" in err and "--batch_size" in err, err
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_million_samples_are_drawn_a_batch_at_a_time(ckpt, monkeypatch):
+    rows = []
+
+    def first_batch(model, prompts, *args, **kwargs):
+        rows.append(len(prompts))
+        raise Stop
+
+    monkeypatch.setattr(sample, "generate", first_batch)
+    with pytest.raises(Stop):
+        sample.main(parse_config(sample.SampleConfig, [f"--ckpt={ckpt[0]}", "--device=cpu", "--num_samples=1000000", "--prompt=gap"]))
+    assert rows == [64]
+
+
+def test_samples_are_printed_batch_by_batch(ckpt, capsys):
+    sample.main(parse_config(sample.SampleConfig, [f"--ckpt={ckpt[0]}", "--device=cpu", "--prompt=gap 1 2",
+                                                   "--num_samples=5", "--batch_size=2", "--max_new_tokens=3"]))
+    err = capsys.readouterr().err
+    assert [f"--- sample {i} " in err for i in range(6)] == [True] * 5 + [False]
+
+
+def test_sample_refuses_a_batch_too_big_for_memory(ckpt, capsys):
+    args = [f"--ckpt={ckpt[0]}", "--device=cpu", "--prompt=gap", f"--num_samples={10**9}", f"--batch_size={10**9}"]
+    err = cli_error(capsys, lambda: sample.main(parse_config(sample.SampleConfig, args)))
+    assert "needs about" in err and "--batch_size" in err, err
