@@ -30,7 +30,8 @@ class SampleConfig:
     batch_size: int = opt(64, "samples decoded together as one batch (refused up front if it cannot fit the "
                               "device's memory)", ge=1)
     max_new_tokens: int = opt(64, "tokens to generate after the pauses (clipped to the block size)", ge=1)
-    temperature: float = opt(0.8, "softmax temperature; 0 = greedy", ge=0)
+    temperature: float = opt(0.8, "softmax temperature; 0 = greedy (a tiny one samples as greedy, a huge one "
+                                  "uniformly over the tokens it may emit)", ge=0)
     top_k: int = opt(0, "keep only the k most likely tokens (0 = all)", ge=0)
     stop_at_eot: bool = opt(True, "stop a sample at the end-of-text token")
     seed: int = opt(1337, "sampling seed", ge=0)
@@ -85,8 +86,8 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[in
         logits = logits[:, -1, :].float().masked_fill(banned, float("-inf"))
         if temperature <= 0:
             nxt = logits.argmax(-1)
-        else:
-            logits = logits / temperature
+        else:  # the max moved to 0, in float64: any temperature > 0 then gives no inf - inf or 0 / 0 (NaN)
+            logits = (logits - logits.max(-1, keepdim=True).values).double() / temperature
             if top_k:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -1,4 +1,5 @@
-"""Doors at the limits: a run too big for memory is refused before it is allocated."""
+"""Doors at the limits: a run too big for memory is refused before it is allocated, and extreme temperatures
+sample without NaN."""
 import gzip
 import json
 import random
@@ -124,3 +125,31 @@ def test_sample_refuses_a_batch_too_big_for_memory(ckpt, capsys):
     args = [f"--ckpt={ckpt[0]}", "--device=cpu", "--prompt=gap", f"--num_samples={10**9}", f"--batch_size={10**9}"]
     err = cli_error(capsys, lambda: sample.main(parse_config(sample.SampleConfig, args)))
     assert "needs about" in err and "--batch_size" in err, err
+
+# ----------------------------------------------------------------------------- 2. extreme temperatures
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16, pause_id=59)).eval()
+    with torch.no_grad():  # sharper logits: greedy and uniform sampling then differ clearly
+        for p in m.parameters():
+            p.mul_(4.0)
+    return m
+
+
+def test_a_tiny_temperature_samples_the_greedy_tokens(model):
+    prompts = [[1, 2, 3], [4, 5], [7]] * 4
+    greedy = sample.generate(model, prompts, 8, 60)
+    gen = torch.Generator().manual_seed(0)
+    assert sample.generate(model, prompts, 8, 60, temperature=1e-45, generator=gen) == greedy
+    assert sample.generate(model, prompts, 8, 60, temperature=5e-324, top_k=3, generator=gen) == greedy
+
+
+def test_a_huge_temperature_samples_every_allowed_token_alike(model):
+    rows = sample.generate(model, [[1, 2, 3]] * 600, 1, 60, temperature=1e308,
+                           generator=torch.Generator().manual_seed(0))
+    tokens = [r[0] for r in rows]
+    assert max(tokens) < 59 and len(set(tokens)) >= 55  # 59 allowed tokens (<pause> 59, padding 60-63 banned)
+    assert max(map(tokens.count, set(tokens))) < 30  # about 10 each, where greedy would give one token 600 times
