@@ -1,8 +1,10 @@
-"""Doors at the limits: a run too big for memory is refused before it is allocated, and extreme temperatures
-sample without NaN."""
+"""Doors at the limits: a run too big for memory is refused before it is allocated, extreme temperatures sample
+without NaN, and a meta.json whose vocabulary is smaller than its shards' ids is one line."""
 import gzip
 import json
+import os
 import random
+import shutil
 
 import pytest
 import torch
@@ -35,7 +37,7 @@ def cli_error(capsys, main, *args) -> str:
 
 @pytest.fixture(scope="module")
 def char_data(tmp_path_factory):
-    """A prepared char-level data_dir: two train shards and a val shard of a few thousand tokens each."""
+    """A prepared char-level data_dir: a train and a val shard of a few thousand tokens each."""
     d = tmp_path_factory.mktemp("doors")
     rng, files = random.Random(0), []
     for name in ("c4-train.00000-of-01024.json.gz", "c4-train.00001-of-01024.json.gz"):
@@ -153,3 +155,44 @@ def test_a_huge_temperature_samples_every_allowed_token_alike(model):
     tokens = [r[0] for r in rows]
     assert max(tokens) < 59 and len(set(tokens)) >= 55  # 59 allowed tokens (<pause> 59, padding 60-63 banned)
     assert max(map(tokens.count, set(tokens))) < 30  # about 10 each, where greedy would give one token 600 times
+
+# ----------------------------------------------------------------------------- 3. meta.json too small for the ids
+
+
+@pytest.fixture
+def small_vocab(char_data, tmp_path):
+    """char_data whose meta.json is self-consistent but lists 3 symbols fewer than the shards use."""
+    out = tmp_path / "small"
+    shutil.copytree(char_data, out)
+    meta = json.loads((out / "meta.json").read_text())
+    symbols = meta["tokenizer"]["symbols"][:-3]
+    fields = {"vocab_size": len(symbols) + 2, "eot_id": len(symbols), "pause_id": len(symbols) + 1}
+    meta.update(fields)
+    meta["tokenizer"].update(fields, symbols=symbols)
+    (out / "meta.json").write_text(json.dumps(meta))
+    return str(out)
+
+
+def test_train_on_ids_beyond_the_vocabulary_is_one_line(small_vocab, tmp_path, capsys):
+    cfg = parse_config(train.TrainConfig, [f"--data_dir={small_vocab}", f"--out_dir={tmp_path / 'run'}", *TINY])
+    err = cli_error(capsys, train.main, cfg)
+    assert "train_00000.bin holds id" in err and "not below vocab_size" in err, err
+
+
+def test_inject_refuses_ids_beyond_the_vocabulary_and_writes_nothing(small_vocab, tmp_path, capsys):
+    out = tmp_path / "injected"
+    err = cli_error(capsys, data.inject, data.InjectConfig(data_dir=small_vocab, out_dir=str(out), block_size=32))
+    assert "holds id" in err and "not below vocab_size" in err, err
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_show_of_ids_beyond_the_vocabulary_or_of_a_char_vocabulary_without_symbols_is_one_line(small_vocab, capsys):
+    err = cli_error(capsys, data.main, ["show", f"--data_dir={small_vocab}", "--block_size=16"])
+    assert "holds id" in err, err
+    path = os.path.join(small_vocab, "meta.json")
+    with open(path) as f:
+        meta = json.load(f)
+    del meta["tokenizer"]["symbols"]
+    runtime.write_json(path, meta)
+    err = cli_error(capsys, data.main, ["show", f"--data_dir={small_vocab}", "--block_size=16"])
+    assert "tokenizer.symbols" in err, err
