@@ -16,6 +16,7 @@ what made it (pretrain_pause_frac, m_ft and ft_m, finetune_filler, inference_tok
 stderr (over the examples), n_truncated, infer_flops_per_example. With --log_samples (the default) the first metric's record of each
 M_inf also holds "samples", one per example: doc_id (its index in the task file), truncated, scores, and
 generated (the raw text) + answer (what was scored) + target (decode tasks) or logliks + label (scored).
+It writes the file whole or not at all, and replaces an existing one only with --overwrite.
 """
 import dataclasses
 import os
@@ -51,7 +52,9 @@ class EvalConfig:
     batch_size: int = opt(32, "sequences per forward pass", ge=1)
     max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)",
                               ge=0)
-    out: str = opt("", "write the results as JSON here (default: print only)")
+    out: str = opt("", "write the results as JSON here, whole or not at all (default: print only)")
+    overwrite: bool = opt(False, "replace an existing --out file (without it, such a run is refused before any work, "
+                                 "as train.py refuses an out_dir holding an earlier run)")
     log_samples: bool = opt(True, "keep each example's record (text or choice log-likelihoods, scores) in the JSON")
     device: str = opt("auto", "where to run", choices=DEVICES)
     dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
@@ -259,6 +262,9 @@ def main(cfg: EvalConfig) -> list[dict]:
     check_config(cfg)
     if cfg.out:
         ensure_writable_file(cfg.out)  # now, not after the whole evaluation
+        if os.path.exists(cfg.out) and not cfg.overwrite:
+            raise UserError(f"--out: {cfg.out} exists (earlier results): pass --overwrite to replace it, or choose "
+                            "another --out")
     rt = setup_runtime(cfg.device, cfg.dtype)
     model, tok, meta = load_model(cfg.ckpt, rt.device, cfg.bpe_file or None)
     task, task_file = task_of(cfg, meta)

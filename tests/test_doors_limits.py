@@ -1,5 +1,7 @@
 """Doors at the limits: a run too big for memory is refused before it is allocated, extreme temperatures sample
-without NaN, and a meta.json whose vocabulary is smaller than its shards' ids is one line."""
+without NaN, a meta.json whose vocabulary is smaller than its shards' ids is one line, and eval's --out is never
+replaced unasked nor half-written."""
+import errno
 import gzip
 import json
 import os
@@ -196,3 +198,54 @@ def test_show_of_ids_beyond_the_vocabulary_or_of_a_char_vocabulary_without_symbo
     runtime.write_json(path, meta)
     err = cli_error(capsys, data.main, ["show", f"--data_dir={small_vocab}", "--block_size=16"])
     assert "tokenizer.symbols" in err, err
+
+# ----------------------------------------------------------------------------- 4. eval --out
+
+
+def eval_args(ckpt, out: str, *more: str) -> list[str]:
+    return [f"--ckpt={ckpt[0]}", f"--task_file={ckpt[1]}", "--task=lambada", "--device=cpu", "--m_inf=0",
+            "--max_examples=4", "--max_new_tokens=1", f"--out={out}", *more]
+
+
+def test_eval_out_onto_an_existing_file_needs_overwrite(ckpt, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    out.write_text("[]")
+    err = cli_error(capsys, lambda: evaluation.main(parse_config(evaluation.EvalConfig, eval_args(ckpt, out))))
+    assert f"{out} exists" in err and "--overwrite" in err, err
+    assert out.read_text() == "[]"
+    evaluation.main(parse_config(evaluation.EvalConfig, eval_args(ckpt, out, "--overwrite")))
+    assert len(json.loads(out.read_text())) == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        parse_config(evaluation.EvalConfig, ["--help"])
+    assert "--overwrite" in capsys.readouterr().out
+
+
+def test_eval_onto_a_full_disk_keeps_the_old_results_whole(ckpt, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "results.json"
+    out.write_text("[]")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runtime.os, "fsync", full)
+    args = eval_args(ckpt, out, "--overwrite")
+    err = cli_error(capsys, lambda: evaluation.main(parse_config(evaluation.EvalConfig, args)))
+    assert f"cannot write {out}: No space left on device" in err, err
+    assert out.read_text() == "[]" and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_eval_into_a_read_only_folder_is_one_line_before_any_work(ckpt, tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "results.json").write_text("[]")
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing")
+        args = eval_args(ckpt, folder / "results.json", "--overwrite")
+        err = cli_error(capsys, lambda: evaluation.main(parse_config(evaluation.EvalConfig, args)))
+        assert f"cannot write {folder}" in err, err
+        assert (folder / "results.json").read_text() == "[]" and os.listdir(folder) == ["results.json"]
+    finally:
+        folder.chmod(0o755)
