@@ -49,7 +49,8 @@ class EvalConfig:
     filler: str = opt("", "ablation: this ordinary one-token text instead of <pause> (default: the checkpoint's)")
     prepend: bool = opt(False, "ablation: pauses before the prompt (also on when the checkpoint was finetuned so)")
     max_examples: int = opt(0, "evaluate only the first N examples (0 = all)", ge=0)
-    batch_size: int = opt(32, "sequences per forward pass", ge=1)
+    batch_size: int = opt(32, "sequences per forward pass (refused up front if such a batch cannot fit the device's "
+                              "memory)", ge=1)
     max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)",
                               ge=0)
     out: str = opt("", "write the results as JSON here, whole or not at all (default: print only)")

@@ -145,9 +145,9 @@ def available_memory(device: torch.device) -> int:
 
 def check_memory(need: int, device: torch.device, what: str, fix: str) -> None:
     """Refuse, in one line, a run whose estimate (memory_needed) exceeds what `device` has free."""
+    size = lambda n: f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"  # noqa: E731
     if need > (have := available_memory(device)):
-        raise UserError(f"{what} needs about {need / 2**30:,.1f} GiB (an estimate), {device} has {have / 2**30:,.1f} "
-                        f"GiB available: {fix}")
+        raise UserError(f"{what} needs about {size(need)} (an estimate), {device} has {size(have)} available: {fix}")
 
 
 # ----------------------------------------------------------------------------- files

@@ -86,7 +86,7 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[in
         logits = logits[:, -1, :].float().masked_fill(banned, float("-inf"))
         if temperature <= 0:
             nxt = logits.argmax(-1)
-        else:  # the max moved to 0, in float64: any temperature > 0 then gives no inf - inf or 0 / 0 (NaN)
+        else:  # the max moved to 0, in float64 (1e308 is finite there): no temperature > 0 makes inf - inf or inf / inf
             logits = (logits - logits.max(-1, keepdim=True).values).double() / temperature
             if top_k:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
