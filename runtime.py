@@ -106,10 +106,10 @@ def all_mean(rt: Runtime, value: float | torch.Tensor) -> float | torch.Tensor:
 def memory_needed(config, rows: int, seq_len: int, dtype: torch.dtype = torch.float32, training: bool = False,
                   logit_rows: int = 1, weights: bool = True) -> int:
     """Bytes a GPT of `config` (a GPTConfig) needs for batches of `rows` sequences of `seq_len` positions, with
-    `logit_rows` rows of logits held at once, and its float32 weights unless they are loaded already (`weights`
-    False): an estimate, not exact. With V vocab, T block, L layers, d width,
-    h MLP width, P = V d + T d (learned positions) + L (4 d^2 + 2 d h) parameters (LayerNorm and bias vectors left
-    out) and e = 2 bytes under 16-bit autocast, else 4:
+    `logit_rows` rows of logits held at once, its float32 weights (4 P) counted unless they are loaded already
+    (`weights` False): an estimate, not exact. With V vocab, T block, L layers, d width, h MLP width,
+    P = V d + T d (learned positions) + L (4 d^2 + 2 d h) parameters (LayerNorm and bias vectors left out) and
+    e = 2 bytes under 16-bit autocast, else 4:
 
       training   16 P, + 2 P under autocast       float32 weights, gradient, AdamW's two moments; autocast's copies
                  + rows seq_len L (e (8 d + 2 h) + 16 d)   what backward keeps of each layer: q, k, v, attention out,
@@ -118,7 +118,7 @@ def memory_needed(config, rows: int, seq_len: int, dtype: torch.dtype = torch.fl
                  + 4 rows seq_len (8 d + 2 h)     one layer's activations at a time
       both       + (4 + 2 e) V logit_rows         logits and their gradient (e each), their float32 log-softmax
 
-    Against measurements: config/1b.toml (eager, bfloat16, batch 8 x 2048) 66.3 GiB, its comment's 65 GiB on one
+    Against measurements: config/1b.toml (eager, bfloat16, batch 8 x 2048) 66.2 GiB, its comment's 65 GiB on one
     H200; cpu_bench.toml's shape (float32, batch 8 / 32) 1.37 / 2.43 GiB, 1.43-1.69 / 2.66-3.24 GiB of peak RSS on a
     CPU (below by up to 25 %: the allocator's slack); 130m.toml with --compile (all 16 x 2048 rows of logits) 27.9 GiB,
     not measured. Left out: DDP's gradient buckets (4 P)."""
