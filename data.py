@@ -70,7 +70,7 @@ class PretrainData:
 
     def __init__(self, data_dir: str, block_size: int, batch_size: int, pause_frac: float = 0.0, seed: int = 0):
         self.meta = load_meta(data_dir)
-        check_shards(data_dir, self.meta)  # sizes only: `data.py verify` reads the sha256 of every shard
+        check_shards(data_dir, self.meta, ids=True)  # sizes and ids: `data.py verify` reads every shard's sha256 too
         self.vocab_size, self.pause_id, self.eot_id = (self.meta[k] for k in ("vocab_size", "pause_id", "eot_id"))
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         self.n_pause = round(pause_frac * block_size)
@@ -118,7 +118,7 @@ def inject(cfg: InjectConfig) -> None:
     """Write pause-injected shards and their meta.json (with each shard's sha256) to cfg.out_dir."""
     check_config(cfg)
     meta = load_meta(cfg.data_dir)
-    check_shards(cfg.data_dir, meta)
+    check_shards(cfg.data_dir, meta, ids=True)  # ids the vocabulary lacks would be copied as they are
     if os.path.realpath(cfg.out_dir) == os.path.realpath(cfg.data_dir):
         raise UserError("--out_dir must differ from --data_dir (inject writes copies)")
     ensure_writable_dir(cfg.out_dir)

@@ -16,6 +16,7 @@ what made it (pretrain_pause_frac, m_ft and ft_m, finetune_filler, inference_tok
 stderr (over the examples), n_truncated, infer_flops_per_example. With --log_samples (the default) the first metric's record of each
 M_inf also holds "samples", one per example: doc_id (its index in the task file), truncated, scores, and
 generated (the raw text) + answer (what was scored) + target (decode tasks) or logliks + label (scored).
+It writes the file whole or not at all, and replaces an existing one only with --overwrite.
 """
 import dataclasses
 import os
@@ -31,7 +32,7 @@ import tasks
 from checkpoint import load_model, pretrain_pause_frac
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
 from pause import banned_tokens, prompt_in_block
-from runtime import ensure_writable_file, setup_runtime, write_json
+from runtime import check_memory, ensure_writable_file, memory_needed, setup_runtime, write_json
 from sample import generate
 from tokenizer import inserted_token
 
@@ -48,10 +49,13 @@ class EvalConfig:
     filler: str = opt("", "ablation: this ordinary one-token text instead of <pause> (default: the checkpoint's)")
     prepend: bool = opt(False, "ablation: pauses before the prompt (also on when the checkpoint was finetuned so)")
     max_examples: int = opt(0, "evaluate only the first N examples (0 = all)", ge=0)
-    batch_size: int = opt(32, "sequences per forward pass", ge=1)
+    batch_size: int = opt(32, "sequences per forward pass (refused up front if such a batch cannot fit the device's "
+                              "memory)", ge=1)
     max_new_tokens: int = opt(0, "longest decoded answer (0 = the task's budget: 256 for GSM8K, 32 for the others)",
                               ge=0)
-    out: str = opt("", "write the results as JSON here (default: print only)")
+    out: str = opt("", "write the results as JSON here, whole or not at all (default: print only)")
+    overwrite: bool = opt(False, "replace an existing --out file (without it, such a run is refused before any work, "
+                                 "as train.py refuses an out_dir holding an earlier run)")
     log_samples: bool = opt(True, "keep each example's record (text or choice log-likelihoods, scores) in the JSON")
     device: str = opt("auto", "where to run", choices=DEVICES)
     dtype: str = opt("auto", "auto: bfloat16 on GPU, float32 on CPU", choices=DTYPES)
@@ -161,6 +165,24 @@ def choice_logliks(model, seqs: list[tuple[list[int], list[int]]], vocab_size: i
     return out
 
 
+def check_batch_memory(model, plans: dict, choices: list, decode: bool, budget: int, batch_size: int) -> None:
+    """Refuse, before any model work, a batch of the longest sequences that the device's memory cannot hold: the
+    rows decoded together (their KV cache), or scored together (their logits at every position)."""
+    block = model.config.block_size
+    if decode:
+        rows = min(batch_size, len(choices))  # one row per example
+        longest = max(len(p) + min(budget, block - len(p)) for plan in plans.values() for p, _ in plan)
+    else:
+        rows = min(batch_size, sum(map(len, choices)))
+        longest = max(len(context) + len(c) - 1 for plan in plans.values() for k, cs in enumerate(plan)
+                      for (context, _), c in zip(cs, choices[k]))
+    device = model.lm_head.weight.device
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
+    need = memory_needed(model.config, rows, longest, dtype, logit_rows=rows if decode else rows * longest,
+                         weights=False)
+    check_memory(need, device, f"evaluating {rows} sequences of up to {longest} tokens at once", "lower --batch_size")
+
+
 def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int], cfg: EvalConfig) -> list[dict]:
     """One result per (M_inf, metric): value, standard error, how many prompts were truncated, and for the
     first metric the per-example records (see the module doc)."""
@@ -190,6 +212,7 @@ def evaluate(model, tok, meta: dict, task: str, examples: list, m_infs: list[int
         plans = {m: [in_block(k, m, reserve) for k in range(len(examples))] for m in m_infs}
     else:
         plans = {m: [[in_block(k, m, len(c) - 1) for c in cs] for k, cs in enumerate(choices)] for m in m_infs}
+    check_batch_memory(model, plans, choices, spec.kind == "decode", budget, cfg.batch_size)
     results = []
     total = len(m_infs) * sum(len(c) or 1 for c in choices)
     with tqdm(total=total, desc=f"eval {task}", dynamic_ncols=True) as bar:
@@ -240,6 +263,9 @@ def main(cfg: EvalConfig) -> list[dict]:
     check_config(cfg)
     if cfg.out:
         ensure_writable_file(cfg.out)  # now, not after the whole evaluation
+        if os.path.exists(cfg.out) and not cfg.overwrite:
+            raise UserError(f"--out: {cfg.out} exists (earlier results): pass --overwrite to replace it, or choose "
+                            "another --out")
     rt = setup_runtime(cfg.device, cfg.dtype)
     model, tok, meta = load_model(cfg.ckpt, rt.device, cfg.bpe_file or None)
     task, task_file = task_of(cfg, meta)

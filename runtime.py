@@ -1,7 +1,8 @@
 """Where and how a process runs, and what it writes: device, dtype, DDP and seeding (`setup_runtime`);
 files written whole or not at all, one writer per directory, and resumable checksummed downloads.
 A full disk, a read-only or missing directory, a failed download: one line naming the path, never a
-traceback, and no temp or partial file taken as whole.
+traceback, and no temp or partial file taken as whole. A run too big for the device's memory: one line
+too, before it is allocated (`memory_needed`, an estimate).
 """
 import contextlib
 import ctypes
@@ -99,6 +100,54 @@ def all_mean(rt: Runtime, value: float | torch.Tensor) -> float | torch.Tensor:
     t = torch.tensor([value], dtype=torch.float64, device=rt.device)
     dist.all_reduce(t)
     return t.item() / rt.world_size
+
+
+# ----------------------------------------------------------------------------- memory: refused before it is allocated
+def memory_needed(config, rows: int, seq_len: int, dtype: torch.dtype = torch.float32, training: bool = False,
+                  logit_rows: int = 1, weights: bool = True) -> int:
+    """Bytes a GPT of `config` (a GPTConfig) needs for batches of `rows` sequences of `seq_len` positions, with
+    `logit_rows` rows of logits held at once, its float32 weights (4 P) counted unless they are loaded already
+    (`weights` False): an estimate, not exact. With V vocab, T block, L layers, d width, h MLP width,
+    P = V d + T d (learned positions) + L (4 d^2 + 2 d h) parameters (LayerNorm and bias vectors left out) and
+    e = 2 bytes under 16-bit autocast, else 4:
+
+      training   16 P, + 2 P under autocast       float32 weights, gradient, AdamW's two moments; autocast's copies
+                 + rows seq_len L (e (8 d + 2 h) + 16 d)   what backward keeps of each layer: q, k, v, attention out,
+                                                  the MLP's two h-wide tensors (e bytes); residual, LayerNorm outs
+      inference  4 P + 8 L rows seq_len d         float32 weights, the KV cache's keys and values
+                 + 4 rows seq_len (8 d + 2 h)     one layer's activations at a time
+      both       + (4 + 2 e) V logit_rows         logits and their gradient (e each), their float32 log-softmax
+
+    Against measurements: config/1b.toml (eager, bfloat16, batch 8 x 2048) 66.2 GiB, its comment's 65 GiB on one
+    H200; cpu_bench.toml's shape (float32, batch 8 / 32) 1.37 / 2.43 GiB, 1.43-1.69 / 2.66-3.24 GiB of peak RSS on a
+    CPU (below by up to 25 %: the allocator's slack); 130m.toml with --compile (all 16 x 2048 rows of logits) 27.9 GiB,
+    not measured. Left out: DDP's gradient buckets (4 P)."""
+    d, L, V, T = config.n_embd, config.n_layer, config.vocab_size, config.block_size
+    h = config.mlp_hidden or 4 * d
+    P = V * d + (T * d if config.pos == "learned" else 0) + L * (4 * d * d + 2 * d * h)
+    e = torch.finfo(dtype).bits // 8
+    logits = (4 + 2 * e) * V * logit_rows
+    if training:
+        return (12 + 4 * weights + 2 * (e == 2)) * P + rows * seq_len * L * (e * (8 * d + 2 * h) + 16 * d) + logits
+    return 4 * P * weights + 8 * L * rows * seq_len * d + 4 * rows * seq_len * (8 * d + 2 * h) + logits
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes still free on `device`: CUDA's free memory, else the RAM Linux calls available (free + reclaimable
+    caches), else all physical RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            return int(next(line for line in f if line.startswith("MemAvailable:")).split()[1]) * 1024
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(need: int, device: torch.device, what: str, fix: str) -> None:
+    """Refuse, in one line, a run whose estimate (memory_needed) exceeds what `device` has free."""
+    size = lambda n: f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"  # noqa: E731
+    if need > (have := available_memory(device)):
+        raise UserError(f"{what} needs about {size(need)} (an estimate), {device} has {size(have)} available: {fix}")
 
 
 # ----------------------------------------------------------------------------- files

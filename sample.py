@@ -13,7 +13,7 @@ from checkpoint import load_model
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
 from model import GPT
 from pause import banned_tokens, with_pauses
-from runtime import setup_runtime
+from runtime import check_memory, memory_needed, setup_runtime
 from tokenizer import inserted_token
 
 
@@ -26,9 +26,12 @@ class SampleConfig:
     m_inf: int = opt(-1, "pauses appended to the prompt (-1 = the checkpoint's m_ft, 0 for a pretrained one)", ge=-1)
     filler: str = opt("", "ablation: this ordinary one-token text instead of <pause> (default: the checkpoint's)")
     prepend: bool = opt(False, "ablation: pauses before the prompt (also on when the checkpoint was finetuned so)")
-    num_samples: int = opt(1, "samples to draw (decoded together as one batch)", ge=1)
+    num_samples: int = opt(1, "samples to draw, printed batch_size at a time", ge=1)
+    batch_size: int = opt(64, "samples decoded together as one batch (refused up front if it cannot fit the "
+                              "device's memory)", ge=1)
     max_new_tokens: int = opt(64, "tokens to generate after the pauses (clipped to the block size)", ge=1)
-    temperature: float = opt(0.8, "softmax temperature; 0 = greedy", ge=0)
+    temperature: float = opt(0.8, "softmax temperature; 0 = greedy (a tiny one samples as greedy, a huge one "
+                                  "uniformly over the tokens it may emit)", ge=0)
     top_k: int = opt(0, "keep only the k most likely tokens (0 = all)", ge=0)
     stop_at_eot: bool = opt(True, "stop a sample at the end-of-text token")
     seed: int = opt(1337, "sampling seed", ge=0)
@@ -83,8 +86,8 @@ def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int | list[in
         logits = logits[:, -1, :].float().masked_fill(banned, float("-inf"))
         if temperature <= 0:
             nxt = logits.argmax(-1)
-        else:
-            logits = logits / temperature
+        else:  # the max moved to 0, in float64 (1e308 is finite there): no temperature > 0 makes inf - inf or inf / inf
+            logits = (logits - logits.max(-1, keepdim=True).values).double() / temperature
             if top_k:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -123,13 +126,18 @@ def main(cfg: SampleConfig) -> None:
         raise UserError(f"the prompt with its {m_inf} pauses is {len(prompt)} tokens: block size {block} leaves no room "
                         "to answer; " + (f"the largest M_inf that fits is {fits}" if fits >= 0 else
                                          f"the prompt alone is {len(prompt) - m_inf} tokens: shorten it"))
+    batch, longest = min(cfg.batch_size, cfg.num_samples), min(len(prompt) + cfg.max_new_tokens, block)
+    check_memory(memory_needed(model.config, batch, longest, rt.dtype, logit_rows=batch, weights=False), rt.device,
+                 f"sampling {batch} rows of {longest} tokens at once", "lower --batch_size")
     gen = torch.Generator(device=rt.device).manual_seed(cfg.seed)
-    with rt.autocast():
-        rows = generate(model, [prompt] * cfg.num_samples, cfg.max_new_tokens, tok.vocab_size, cfg.temperature,
-                        cfg.top_k, tok.eot_id if cfg.stop_at_eot else None, generator=gen)
-    for i, row in enumerate(rows):
-        print(f"--- sample {i} (m_inf={m_inf})", file=sys.stderr)
-        print(tok.decode(prompt + row))
+    for start in range(0, cfg.num_samples, cfg.batch_size):  # any number of samples, in batches of bounded memory
+        with rt.autocast():
+            rows = generate(model, [prompt] * min(cfg.batch_size, cfg.num_samples - start), cfg.max_new_tokens,
+                            tok.vocab_size, cfg.temperature, cfg.top_k, tok.eot_id if cfg.stop_at_eot else None,
+                            generator=gen)
+        for i, row in enumerate(rows, start):
+            print(f"--- sample {i} (m_inf={m_inf})", file=sys.stderr)
+            print(tok.decode(prompt + row))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from checkpoint import Checkpointer, MetricsLog, open_run, own_out_dir, rng_stat
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
 from data import PretrainData
 from model import GPT, GPTConfig
-from runtime import all_mean, setup_runtime, teardown
+from runtime import all_mean, check_memory, memory_needed, setup_runtime, teardown
 from tokenizer import padded_vocab
 
 MAX_LR = 1e30  # far above any usable rate (divergence is stopped or skipped), below float32 overflow in AdamW
@@ -212,6 +212,12 @@ def main(cfg: TrainConfig) -> None:
             gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab(data.vocab_size),
                                    n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, mlp_hidden=cfg.mlp_hidden,
                                    dropout=cfg.dropout, bias=cfg.bias, pause_id=data.pause_id, pos=cfg.pos)
+            rows = cfg.batch_size * cfg.block_size  # --compile's plain loss holds all their logits at once
+            need = memory_needed(gpt_config, cfg.batch_size, cfg.block_size, rt.dtype, training=True,
+                                 logit_rows=rows if cfg.compile else min(rows, GPT.loss_chunk))
+            check_memory(need, rt.device, f"training {cfg.n_layer} layers {cfg.n_embd} wide on {cfg.batch_size} x "
+                         f"{cfg.block_size} tokens", "lower --batch_size (a larger --grad_accum keeps the tokens a step)"
+                         " or the model's size")
             model, optimizer, step, log = open_run(cfg, rt, gpt_config)
             meta = {"kind": "pretrain", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
                     "tokenizer": data.meta["tokenizer"]}

@@ -136,7 +136,7 @@ def test_finetune_then_sweep_one_result_per_m_inf(ckpt, task_files, tmp_path, ca
     assert [r["m_inf"] for r in results] == [0, 1, 3, 6]
     assert all(r["variant"] == "PausePT_PauseFT" and r["m_ft"] == 3 and r["n"] == 6 for r in results)
     assert json.load(open(res_path)) == results
-    ecfg.m_inf = [-1]  # the checkpoint's own m_ft
+    ecfg.m_inf, ecfg.overwrite = [-1], True  # the checkpoint's own m_ft, into the same results file
     assert [r["m_inf"] for r in evaluation.main(ecfg)] == [3]
 
 
@@ -159,7 +159,7 @@ def cli_error(fn, capsys) -> str:
 
 
 def test_bad_inputs(ckpt, task_files, tmp_path, capsys, tok):
-    base = [f"--ckpt={ckpt}", "--device=cpu", f"--out={tmp_path}/r.json"]
+    base = [f"--ckpt={ckpt}", "--device=cpu", f"--out={tmp_path}/r.json", "--overwrite"]
     run = lambda args: cli_error(lambda: evaluation.main(parse_config(evaluation.EvalConfig, base + args)), capsys)
     (tmp_path / "r.json").write_text("[]")  # an earlier result must survive a failed run
     assert "missing.jsonl" in run(["--task=gsm8k", f"--task_file={tmp_path}/missing.jsonl"])
