@@ -1,0 +1,102 @@
+"""Process-level doors: the experiments' worker pool when its main process or one of its workers is killed -9."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+# A stage of a tiny pool, as the experiments' stages are: it reuses its own finished work (NAME.done), and it
+# holds (sleeps) while the file `hold` exists, so that the test can kill it, or its pool, mid-stage.
+STAGES = """
+import os, time
+def stage(folder, seed, name):
+    done = os.path.join(folder, name + ".done")
+    if os.path.exists(done):
+        return
+    with open(os.path.join(folder, name + ".pid"), "w") as f:
+        f.write(str(os.getpid()))
+    while name.startswith("hold") and os.path.exists(os.path.join(folder, "hold")):
+        time.sleep(0.05)
+    open(done, "w").close()
+"""
+
+POOL = """
+import functools, os, sys
+sys.path[:0] = [{root!r}, {folder!r}]
+from config import run_main
+from experiments.pool import run_pool
+import stages
+plan = [((0, name), []) for name in {names!r}]
+run_main(run_pool, plan, functools.partial(stages.stage, {folder!r}),
+         lambda key: os.path.join({folder!r}, key[1] + ".out"), 2, "pool")
+"""
+
+
+def alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (its state, after the name in /proc/PID/stat, is not Z)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def all_end(pids: list[int], seconds: float) -> bool:
+    """Whether every process of `pids` ends within `seconds`; any left then is killed, not left behind."""
+    deadline = time.time() + seconds
+    while any(map(alive, pids)) and time.time() < deadline:
+        time.sleep(0.05)
+    left = list(filter(alive, pids))
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return not left
+
+
+def start_pool(folder, names: list[str]) -> subprocess.Popen:
+    (folder / "stages.py").write_text(STAGES)
+    script = POOL.format(root=ROOT, folder=str(folder), names=names)
+    return subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(paths, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not all(p.exists() for p in paths) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert all(p.exists() for p in paths), f"the stages did not start: {proc.communicate()}"
+
+
+def test_the_pools_workers_die_with_its_main_process_killed_9(tmp_path):
+    (tmp_path / "hold").touch()
+    proc = start_pool(tmp_path, ["hold_a", "hold_b"])
+    wait_for([tmp_path / "hold_a.pid", tmp_path / "hold_b.pid"], proc)
+    workers = [int((tmp_path / f"hold_{x}.pid").read_text()) for x in "ab"]
+    proc.kill()  # SIGKILL to the main process only, not to its process group
+    proc.communicate()
+    assert all_end(workers, 5), "orphaned workers live on"
+
+
+def test_a_worker_killed_9_stops_the_pool_with_one_line_naming_its_stage_and_a_rerun_finishes(tmp_path):
+    (tmp_path / "hold").touch()
+    names = ["quick", "hold_a", "hold_b"]  # two workers: hold_b starts once quick is finished
+    proc = start_pool(tmp_path, names)
+    wait_for([tmp_path / "quick.done", tmp_path / "hold_a.pid", tmp_path / "hold_b.pid"], proc)
+    finished = os.path.getmtime(tmp_path / "quick.done")
+    other = int((tmp_path / "hold_a.pid").read_text())
+    os.kill(int((tmp_path / "hold_b.pid").read_text()), signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, err
+    errors = [line for line in err.split("\n") if "error" in line]  # split("\n"): a line glued to the bar's \r fails
+    assert len(errors) == 1 and errors[0].startswith("error: seed 0 hold_b: worker died (signal 9)"), err
+    assert str(tmp_path / "hold_b.out") in errors[0] and all_end([other], 0)  # the other stage was stopped
+    (tmp_path / "hold").unlink()
+    proc = start_pool(tmp_path, names)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert all((tmp_path / f"{n}.done").exists() for n in names)
+    assert os.path.getmtime(tmp_path / "quick.done") == finished  # reused, not run again
