@@ -7,6 +7,7 @@ seed by seed (`paired_stats`), applies the verdict rule (`verdict`) and writes m
 with its wall time (`run_time`). The CPU recipe (`CPU_PRETRAIN`, `cpu_data`, `cpu_pretrain`, `ft_config`) and
 the compute-matched model shapes (`deeper`, `wider`) are here too, so no study borrows from another.
 """
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -23,7 +24,7 @@ import train
 from checkpoint import load_checkpoint, resume_or_restart
 from config import UserError, load_toml
 from model import GPTConfig
-from runtime import write_json
+from runtime import lock_dir, write_json
 from tokenizer import from_meta
 from experiments import synth
 from experiments.pool import run_pool  # the studies call it as lab.run_pool
@@ -44,6 +45,18 @@ def arm(name: str, start: str, m_inf: int, **how) -> dict:
 def seeds_of(cfg) -> list[int]:
     """The seeds a run covers: --only_seed=K alone (seeds run as processes of their own), else 0..--seeds-1."""
     return [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
+
+
+@contextlib.contextmanager
+def own_seeds(out_dir: str, seeds: list[int]):
+    """While a run trains or evaluates, it is the only experiment writing out_dir/seedK for each of its seeds (a
+    lock each); a second one is refused in one line. --only_seed=K processes of other seeds run side by side."""
+    with contextlib.ExitStack() as held:
+        for seed in seeds:
+            folder = os.path.join(out_dir, f"seed{seed}")
+            os.makedirs(folder, exist_ok=True)
+            held.enter_context(lock_dir(folder, "experiment", "experiment"))
+        yield
 
 
 def finished(ckpt: str, steps: int | None = None) -> bool:

@@ -1,9 +1,16 @@
-"""Process-level doors: the experiments' worker pool when its main process or one of its workers is killed -9."""
+"""Process-level doors: the experiments' worker pool when its main process or one of its workers is killed -9,
+and two experiments into one folder at once."""
+import importlib
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
+
+from config import UserError, parse_config, run_main
+from experiments import lab, study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -100,3 +107,43 @@ def test_a_worker_killed_9_stops_the_pool_with_one_line_naming_its_stage_and_a_r
     assert proc.returncode == 0, err
     assert all((tmp_path / f"{n}.done").exists() for n in names)
     assert os.path.getmtime(tmp_path / "quick.done") == finished  # reused, not run again
+
+
+def refuse_work(monkeypatch, module) -> None:
+    """Any work an experiment starts fails the test at once (no study runs when a lock fails to refuse it)."""
+    def work(*args, **kwargs):
+        raise AssertionError("work started in a seed folder that another experiment is writing")
+    for owner, name in ((lab, "run_pool"), (module, "pretrainings_and_files"), (module, "run_seed"),
+                        (module, "data_files")):
+        if hasattr(owner, name):
+            monkeypatch.setattr(owner, name, work)
+
+
+@pytest.mark.parametrize("experiment, config", [("study", "StudyConfig"), ("equal_compute", "EqualComputeConfig"),
+                                                ("separator", "SeparatorConfig")])
+def test_a_second_experiment_into_a_seed_folder_in_use_is_refused_in_one_line(experiment, config, tmp_path, capsys,
+                                                                               monkeypatch):
+    module = importlib.import_module(f"experiments.{experiment}")
+    argv = [f"--out_dir={tmp_path}"] + (["--preset=cpu"] if experiment == "study" else [])
+    cfg = parse_config(getattr(module, config), argv)
+    cfg = study.apply_preset(cfg, argv) if experiment == "study" else cfg
+    refuse_work(monkeypatch, module)
+    with lab.own_seeds(str(tmp_path), [0]), pytest.raises(SystemExit) as stop:  # a first one, alive, on seed 0
+        run_main(module.main, cfg)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'seed0'} is being written by another experiment (started "
+                                       f"by pid {os.getpid()}); wait for it to end or kill it, then run again\n")
+    assert os.listdir(tmp_path) == ["seed0"]  # refused before any work
+
+
+def test_only_seed_runs_of_other_seeds_go_side_by_side_and_a_refusal_holds_nothing(tmp_path):
+    with lab.own_seeds(str(tmp_path), [1]):  # e.g. --only_seed=1
+        with lab.own_seeds(str(tmp_path), [0]):  # --only_seed=0 beside it
+            pass
+        with pytest.raises(UserError, match="seed1 is being written by another experiment"):
+            with lab.own_seeds(str(tmp_path), [0, 1]):  # --seeds=2
+                pass
+        with lab.own_seeds(str(tmp_path), [0]):  # the refused run let seed 0 go
+            pass
+    with lab.own_seeds(str(tmp_path), [0, 1]):
+        pass
