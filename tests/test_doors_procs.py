@@ -1,5 +1,5 @@
 """Process-level doors: the experiments' worker pool when its main process or one of its workers is killed -9,
-and two experiments into one folder at once."""
+two experiments into one folder at once, and a DDP rank lost mid-run."""
 import importlib
 import os
 import signal
@@ -8,7 +8,9 @@ import sys
 import time
 
 import pytest
+import torch
 
+import runtime
 from config import UserError, parse_config, run_main
 from experiments import lab, study
 
@@ -147,3 +149,20 @@ def test_only_seed_runs_of_other_seeds_go_side_by_side_and_a_refusal_holds_nothi
             pass
     with lab.own_seeds(str(tmp_path), [0, 1]):
         pass
+
+
+# What rank 0 of `torchrun --nproc_per_node=2 train.py` (gloo) raised when rank 1 was killed -9 (docs/DOORS.md)
+GLOO_LOST = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:56981: "
+             "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application. "
+             "Check the logs of the remote worker before reporting an error. GLHF!")
+
+
+def test_a_lost_ddp_rank_is_one_line_naming_this_rank_and_resume_and_other_errors_are_not():
+    rt = runtime.Runtime(torch.device("cpu"), torch.float32, rank=0, world_size=2)
+    with pytest.raises(UserError) as lost, runtime.ddp_run(rt):
+        raise RuntimeError(GLOO_LOST)
+    assert str(lost.value) == ("rank 0: lost another rank of this run (Read error [127.0.0.1]:56981: Connection reset by "
+                               "peer); run the same command with --resume to continue from the last checkpoint")
+    with pytest.raises(RuntimeError, match="size mismatch"), runtime.ddp_run(rt):  # a bug keeps its traceback
+        raise RuntimeError("size mismatch")
+    assert runtime.GLOO_TIMEOUT.total_seconds() <= 60  # a rank that hangs ends the others within a minute
