@@ -16,7 +16,7 @@ import tasks
 from checkpoint import checked_model_config, load_checkpoint, open_run, own_out_dir, pretrain_pause_frac, read_meta
 from config import UserError, check_config, opt, parse_config, run_main
 from pause import IGNORE, assemble
-from runtime import setup_runtime, teardown
+from runtime import ddp_run, setup_runtime
 from tokenizer import from_meta, inserted_token
 from train import MAX_LR, LoopConfig, fit
 
@@ -134,7 +134,7 @@ def main(cfg: FinetuneConfig, make_data=None) -> None:
     check_config(cfg)
     m_lo, m_hi = parse_m_ft(cfg.m_ft)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    try:
+    with ddp_run(rt):
         with own_out_dir(cfg, rt):  # before the model and the task are loaded
             pre = read_meta(cfg.init_from)
             tok = from_meta(pre["tokenizer"], cfg.bpe_file or None)
@@ -149,8 +149,6 @@ def main(cfg: FinetuneConfig, make_data=None) -> None:
                     "prepend": cfg.prepend, "pretrain_pause_frac": pretrain_pause_frac(pre),
                     "init_from": cfg.init_from, **({"source": pre["source"]} if "source" in pre else {})}
             fit(cfg, rt, model, optimizer, data.batch, lambda m: finetune_eval(m, data, cfg, rt), meta, step, log)
-    finally:
-        teardown(rt)
 
 
 if __name__ == "__main__":

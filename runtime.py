@@ -7,6 +7,7 @@ too, before it is allocated (`memory_needed`, an estimate).
 import contextlib
 import ctypes
 import dataclasses
+import datetime
 import fcntl
 import hashlib
 import json
@@ -58,6 +59,9 @@ def keep_freed_memory() -> None:
         libc.mallopt(-1, 2**31 - 1)  # ... M_TRIM_THRESHOLD: and the heap's top is not handed back
 
 
+GLOO_TIMEOUT = datetime.timedelta(seconds=60)
+
+
 def setup_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0) -> Runtime:
     """Pick the device and dtype, join DDP if launched by torchrun (NCCL on GPU, gloo on CPU), seed."""
     if device == "auto":
@@ -69,7 +73,10 @@ def setup_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0) -> R
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        # gloo (CPU): a rank that stops answering (hung, or its host gone) ends the others' wait after a minute,
+        # not gloo's default 30 (a killed rank on this host is noticed at once); NCCL keeps its own 10
+        gloo = not device.startswith("cuda")
+        dist.init_process_group(backend="gloo" if gloo else "nccl", timeout=GLOO_TIMEOUT if gloo else None)
     dev = torch.device(device)
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
@@ -87,6 +94,22 @@ def setup_runtime(device: str = "auto", dtype: str = "auto", seed: int = 0) -> R
 def teardown(rt: Runtime) -> None:
     if rt.ddp and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def ddp_run(rt: Runtime):
+    """Leave DDP when the run ends. Another rank lost mid-run (killed, or silent past GLOO_TIMEOUT) is one line
+    naming this rank, not gloo's traceback; torchrun then ends the rest and prints its own report."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not (rt.ddp and "gloo/transport/" in str(e)):  # gloo's errors name their source file
+            raise
+        why = str(e).split("] ", 1)[-1].split(". ")[0]  # e.g. "Read error [127.0.0.1]:1234: Connection reset by peer"
+        raise UserError(f"rank {rt.rank}: lost another rank of this run ({why}); run the same command with --resume "
+                        "to continue from the last checkpoint") from None
+    finally:
+        teardown(rt)
 
 
 def all_mean(rt: Runtime, value: float | torch.Tensor) -> float | torch.Tensor:

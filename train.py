@@ -23,7 +23,7 @@ from checkpoint import Checkpointer, MetricsLog, open_run, own_out_dir, rng_stat
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
 from data import PretrainData
 from model import GPT, GPTConfig
-from runtime import all_mean, check_memory, memory_needed, setup_runtime, teardown
+from runtime import all_mean, check_memory, ddp_run, memory_needed, setup_runtime
 from tokenizer import padded_vocab
 
 MAX_LR = 1e30  # far above any usable rate (divergence is stopped or skipped), below float32 overflow in AdamW
@@ -206,7 +206,7 @@ def main(cfg: TrainConfig) -> None:
     """Data, model (or the run to resume), `fit`: evaluation and checkpoints happen inside the loop."""
     check_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    try:
+    with ddp_run(rt):
         with own_out_dir(cfg, rt):
             data = PretrainData(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.pause_frac, cfg.seed)
             gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=padded_vocab(data.vocab_size),
@@ -222,8 +222,6 @@ def main(cfg: TrainConfig) -> None:
             meta = {"kind": "pretrain", "config": dataclasses.asdict(cfg), "model": dataclasses.asdict(gpt_config),
                     "tokenizer": data.meta["tokenizer"]}
             fit(cfg, rt, model, optimizer, data.batch, lambda m: pretrain_eval(m, data, cfg, rt), meta, step, log)
-    finally:
-        teardown(rt)
 
 
 if __name__ == "__main__":

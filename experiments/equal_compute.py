@@ -325,19 +325,20 @@ def main(cfg: EqualComputeConfig) -> None:
         report(cfg)
         return
     seeds = [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
-    if cfg.jobs > 1:
-        start = time.time()
-        lab.run_pool(pool_plan(cfg.stages, seeds), functools.partial(run_stage, cfg),
-                     lambda key: os.path.join(seed_dir(cfg, key[0]), f"{key[1]}.out"), cfg.jobs, "equal compute stages")
-        write_json(os.path.join(cfg.out_dir, "equal_time_pool.json"),  # this call's wall time
-                   {"stages": cfg.stages, "seeds": seeds, "jobs": cfg.jobs, "start": start, "end": time.time()})
-        seeds = []
-    for seed in seeds:
-        start = time.time()
-        run_seed(cfg, seed, tuple(cfg.stages))
-        stamp = "_".join(cfg.stages) if tuple(cfg.stages) != STAGES else "all"
-        write_json(os.path.join(seed_dir(cfg, seed), f"equal_time_{stamp}.json"),  # this call's wall time
-                   {"stages": cfg.stages, "start": start, "end": time.time()})
+    with lab.own_seeds(cfg.out_dir, seeds):  # one experiment at a time per seed folder
+        if cfg.jobs > 1:
+            start = time.time()
+            lab.run_pool(pool_plan(cfg.stages, seeds), functools.partial(run_stage, cfg),
+                         lambda key: os.path.join(seed_dir(cfg, key[0]), f"{key[1]}.out"), cfg.jobs, "equal compute stages")
+            write_json(os.path.join(cfg.out_dir, "equal_time_pool.json"),  # this call's wall time
+                       {"stages": cfg.stages, "seeds": seeds, "jobs": cfg.jobs, "start": start, "end": time.time()})
+            seeds = []
+        for seed in seeds:
+            start = time.time()
+            run_seed(cfg, seed, tuple(cfg.stages))
+            stamp = "_".join(cfg.stages) if tuple(cfg.stages) != STAGES else "all"
+            write_json(os.path.join(seed_dir(cfg, seed), f"equal_time_{stamp}.json"),  # this call's wall time
+                       {"stages": cfg.stages, "start": start, "end": time.time()})
     print(f"equal compute: seed(s) done in {(time.time() - t0) / 60:.1f} min")
 
 

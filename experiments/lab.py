@@ -7,20 +7,13 @@ seed by seed (`paired_stats`), applies the verdict rule (`verdict`) and writes m
 with its wall time (`run_time`). The CPU recipe (`CPU_PRETRAIN`, `cpu_data`, `cpu_pretrain`, `ft_config`) and
 the compute-matched model shapes (`deeper`, `wider`) are here too, so no study borrows from another.
 """
-import concurrent.futures as futures
 import contextlib
 import dataclasses
 import fcntl
 import json
 import math
-import multiprocessing
 import os
 import statistics
-import threading
-import time
-
-import torch
-from tqdm import tqdm
 
 import data
 import eval as evaluation
@@ -31,9 +24,10 @@ import train
 from checkpoint import load_checkpoint, resume_or_restart
 from config import UserError, load_toml
 from model import GPTConfig
-from runtime import write_json
+from runtime import lock_dir, write_json
 from tokenizer import from_meta
 from experiments import synth
+from experiments.pool import run_pool  # the studies call it as lab.run_pool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_PRETRAIN = load_toml(train.TrainConfig, os.path.join(REPO, "config", "tiny.toml"))
@@ -51,6 +45,18 @@ def arm(name: str, start: str, m_inf: int, **how) -> dict:
 def seeds_of(cfg) -> list[int]:
     """The seeds a run covers: --only_seed=K alone (seeds run as processes of their own), else 0..--seeds-1."""
     return [cfg.only_seed] if cfg.only_seed >= 0 else list(range(cfg.seeds))
+
+
+@contextlib.contextmanager
+def own_seeds(out_dir: str, seeds: list[int]):
+    """While a run trains or evaluates, it is the only experiment writing out_dir/seedK for each of its seeds (a
+    lock each); a second one is refused in one line. --only_seed=K processes of other seeds run side by side."""
+    with contextlib.ExitStack() as held:
+        for seed in seeds:
+            folder = os.path.join(out_dir, f"seed{seed}")
+            os.makedirs(folder, exist_ok=True)
+            held.enter_context(lock_dir(folder, "experiment", "experiment"))
+        yield
 
 
 def finished(ckpt: str, steps: int | None = None) -> bool:
@@ -282,52 +288,3 @@ def time_line(timing: dict) -> str:
     if timing.get("pass", "ran") == "ran":
         return said
     return f"{said}; this {timing['pass']} pass took {timing['pass_s']:.1f} s"
-
-
-# ----------------------------------------------------------------------------- the worker pool
-def _watch_parent(parent: int, threads: int) -> None:
-    """A worker's start: its thread count, and a watcher that ends it when the pool's process dies."""
-    torch.set_num_threads(threads)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _run_logged(run, log: str, key) -> float:
-    """run(*key) in a worker with its output to `log`; returns its minutes."""
-    start = time.time()
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        run(*key)
-    return (time.time() - start) / 60
-
-
-def run_pool(plan: list[tuple[tuple, list[tuple]]], run, log_of, jobs: int, desc: str) -> None:
-    """Each key of `plan` [(key, keys it waits for)] as run(*key) in `jobs` worker processes (one thread each
-    when there are as many cores), in plan order as soon as a worker is free and its waits are finished; each
-    one's output goes to log_of(key). One overall bar with its ETA; a failure stops the pool with one line."""
-    pending, running, done = list(plan), {}, set()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    bar = tqdm(total=len(pending), desc=desc, dynamic_ncols=True, unit="run")
-    with futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_watch_parent, initargs=(os.getpid(), threads)) as pool:
-        while pending or running:
-            for key, before in [t for t in pending if all(b in done for b in t[1])][: jobs - len(running)]:
-                pending.remove((key, before))
-                running[pool.submit(_run_logged, run, log_of(key), key)] = key
-            if not running:
-                raise RuntimeError(f"nothing can start: {pending}")  # plans wait only on earlier keys
-            finished_now, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-            for f in finished_now:
-                key = running.pop(f)
-                if f.exception():  # the other running ones end first (their runs resume where they stop)
-                    bar.close()
-                    raise UserError(f"{' '.join(map(str, key))} failed ({f.exception()!r}); its output is in "
-                                    f"{log_of(key)}")
-                done.add(key)
-                bar.update()
-                bar.write(f"{' '.join(map(str, key))}: {f.result():.1f} min")
-    bar.close()

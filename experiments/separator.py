@@ -232,18 +232,19 @@ def main(cfg: SeparatorConfig) -> dict | None:
         raise UserError(f"--separator must be one word, got {cfg.separator!r}")
     t0, seeds = time.time(), lab.seeds_of(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    if not cfg.aggregate:
-        data_files(cfg)  # once, before any worker
-        plan = [((s, pt), []) for pt in ("StdPT", "PausePT") for s in seeds]
-        plan += [((s, v["name"]), [(s, v["pt"])]) for v in arms(cfg) for s in seeds_of_arm(v, seeds)]
-        if cfg.jobs > 1:
-            lab.run_pool(plan, functools.partial(run_stage, cfg),
-                         lambda key: os.path.join(cfg.out_dir, f"seed{key[0]}", f"{key[1]}.out"), cfg.jobs, "runs")
-        else:
-            for (seed, name), _ in plan:
-                run_stage(cfg, seed, name)
-        write_json(os.path.join(cfg.out_dir, f"time_{'_'.join(map(str, seeds))}.json"),
-                   {"seeds": seeds, "jobs": cfg.jobs, "start": t0, "end": time.time()})
+    with lab.own_seeds(cfg.out_dir, [] if cfg.aggregate else seeds):  # one experiment at a time per seed folder
+        if not cfg.aggregate:
+            data_files(cfg)  # once, before any worker
+            plan = [((s, pt), []) for pt in ("StdPT", "PausePT") for s in seeds]
+            plan += [((s, v["name"]), [(s, v["pt"])]) for v in arms(cfg) for s in seeds_of_arm(v, seeds)]
+            if cfg.jobs > 1:
+                lab.run_pool(plan, functools.partial(run_stage, cfg),
+                             lambda key: os.path.join(cfg.out_dir, f"seed{key[0]}", f"{key[1]}.out"), cfg.jobs, "runs")
+            else:
+                for (seed, name), _ in plan:
+                    run_stage(cfg, seed, name)
+            write_json(os.path.join(cfg.out_dir, f"time_{'_'.join(map(str, seeds))}.json"),
+                       {"seeds": seeds, "jobs": cfg.jobs, "start": t0, "end": time.time()})
     if cfg.only_seed >= 0:
         return None
     records = []

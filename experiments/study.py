@@ -212,20 +212,21 @@ def main(cfg: StudyConfig) -> None:
         if skipped:
             print(f"skipping {', '.join(skipped)}: no --{'pause' if not cfg.pause_ckpt else 'std'}_ckpt given")
     seeds, worked = lab.seeds_of(cfg), False
-    if cfg.jobs > 1 and not cfg.aggregate:
-        before, start = sum(map(lambda s: n_results(cfg, s), seeds)), time.time()
-        lab.run_pool(pool_plan(cfg, runs, seeds), functools.partial(run_stage, cfg),
-                     lambda key: os.path.join(cfg.out_dir, f"seed{key[0]}", f"{key[1]}.out"), cfg.jobs, "study runs")
-        worked = sum(map(lambda s: n_results(cfg, s), seeds)) > before
-        for seed in seeds if worked else []:  # the pool's wall time, shared out: summed over seeds it is the run's
-            lab.add_work_s(cfg.out_dir, seed, (time.time() - start) / len(seeds))
-    records = []
-    for seed in seeds:  # with a pool, everything is finished: this reads the records
-        t_seed, before = time.time(), n_results(cfg, seed)
-        records += lab.run_arms(cfg, seed, *pretrainings_and_files(cfg, seed, runs), runs)
-        if n_results(cfg, seed) > before:  # this pass trained or evaluated something: its time is the run's
-            lab.add_work_s(cfg.out_dir, seed, time.time() - t_seed)
-            worked = True
+    with lab.own_seeds(cfg.out_dir, [] if cfg.aggregate else seeds):  # one experiment at a time per seed folder
+        if cfg.jobs > 1 and not cfg.aggregate:
+            before, start = sum(map(lambda s: n_results(cfg, s), seeds)), time.time()
+            lab.run_pool(pool_plan(cfg, runs, seeds), functools.partial(run_stage, cfg),
+                         lambda key: os.path.join(cfg.out_dir, f"seed{key[0]}", f"{key[1]}.out"), cfg.jobs, "study runs")
+            worked = sum(map(lambda s: n_results(cfg, s), seeds)) > before
+            for seed in seeds if worked else []:  # the pool's wall time, shared out: summed over seeds it is the run's
+                lab.add_work_s(cfg.out_dir, seed, (time.time() - start) / len(seeds))
+        records = []
+        for seed in seeds:  # with a pool, everything is finished: this reads the records
+            t_seed, before = time.time(), n_results(cfg, seed)
+            records += lab.run_arms(cfg, seed, *pretrainings_and_files(cfg, seed, runs), runs)
+            if n_results(cfg, seed) > before:  # this pass trained or evaluated something: its time is the run's
+                lab.add_work_s(cfg.out_dir, seed, time.time() - t_seed)
+                worked = True
     if cfg.only_seed >= 0:
         print(f"seed {cfg.only_seed} done in {(time.time() - t0) / 60:.1f} min; --seeds=N writes the summary")
         return
