@@ -138,6 +138,9 @@ def pretrain(cfg: SeparatorConfig, seed: int, files: dict[str, str]) -> dict[str
 
 def run_stage(cfg: SeparatorConfig, seed: int, name: str) -> None:
     """One pretraining, or one arm finetuned and evaluated on every split, of one seed."""
+    done = os.path.join(cfg.out_dir, f"seed{seed}", name, "results_{}.json")
+    if name not in ("StdPT", "PausePT") and all(os.path.exists(done.format(s)) for s in SPLITS):
+        return  # its results files are written last: nothing to budget, train or evaluate again
     files = data_files(cfg)
     if name in ("StdPT", "PausePT"):
         lab.cpu_pretrain(cfg.out_dir, seed, files["data"], name, cfg.device, cfg.dtype, n_layer=cfg.n_layer)
@@ -171,7 +174,14 @@ def summarise(cfg: SeparatorConfig, records: list[dict]) -> dict:
              for s in SPLITS for b in BASELINES]
     primary = next((p for p in pairs if p["vs"] == best and p["split"] == "fresh_test_2"), None)
     tuning = {n: chosen_lr(rows, n) for n in (PAUSE_ARM, cfg.baseline) if n and cfg.lr_grid}
-    return {"chosen_lr_on_val": tuning,"config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}, "best_baseline_on_val": best,
+    # experiment 2: the pause arm at 1x (its chosen rate) against --baseline at each multiple, with the verdict
+    curve = [{"arm": f"{PAUSE_ARM}_x1", "vs": f"{cfg.baseline}_x{m:g}", "split": "fresh_test_2",
+              **lab.paired_stats(diffs(at, "fresh_test_2", f"{PAUSE_ARM}_x1", f"{cfg.baseline}_x{m:g}"))}
+             for m in cfg.curve if 1 in cfg.pause_curve]
+    for c in curve:
+        c["verdict"] = lab.verdict(c, cfg.seeds)
+    return {"chosen_lr_on_val": tuning, "curve_paired": curve,
+            "config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}, "best_baseline_on_val": best,
             "primary": primary, "verdict": lab.verdict(primary, cfg.seeds) if primary else "no val results",
             "rows": rows, "paired": pairs, "frontier": {s: frontier([r for r in rows if r["split"] == s])
                                                         for s in SPLITS}, "records": records}
@@ -217,6 +227,13 @@ def write_report(cfg: SeparatorConfig, summary: dict, wall_s: float | None) -> N
         [[q["arm"], q["vs"], q["split"], q["n_seeds"], fmt_num(100 * q["mean_diff"], "+.1f"),
           fmt_num(100 * q["stderr"]), fmt_num(q["t"], ".2f"), f"{q['wins']} / {q['losses']}"]
          for q in summary["paired"] if q["n_seeds"]])
+    if summary["curve_paired"]:
+        lines += ["", "Experiment 2, at the chosen rates (" + ", ".join(f"{k}: {v:g}" for k, v in
+                  summary["chosen_lr_on_val"].items()) + " on seed 0's val):", ""] + lab.md_table(
+            ["arm", "vs", "split", "seeds", "mean diff", "stderr", "mean/stderr", "+ / −", "verdict"],
+            [[q["arm"], q["vs"], q["split"], q["n_seeds"], fmt_num(100 * q["mean_diff"], "+.1f"),
+              fmt_num(100 * q["stderr"]), fmt_num(q["t"], ".2f"), f"{q['wins']} / {q['losses']}", q["verdict"]]
+             for q in summary["curve_paired"]])
     write_text(os.path.join(cfg.out_dir, "separator.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -106,3 +106,29 @@ def test_only_arms_keeps_the_pause_arm_and_the_curve_reuses_the_registered_run_a
                           "PausePT_PauseFT_x1"}
     assert names["SepFT_1_x1"]["source"] == "SepFT_1"  # same rate as the registered arm: its checkpoint
     assert "source" not in names["SepFT_1_x2"] and "source" not in names["PausePT_PauseFT_x1"]  # 2e-3: trained
+
+
+def test_a_finished_arm_is_skipped_before_any_data_or_budget_work(tmp_path, monkeypatch):
+    cfg = separator.parse_config(separator.SeparatorConfig, [f"--out_dir={tmp_path}"])
+    for s in separator.SPLITS:
+        (tmp_path / "seed0" / "SepFT_1").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "seed0" / "SepFT_1" / f"results_{s}.json").write_text("[]")
+    monkeypatch.setattr(separator, "data_files", lambda cfg: 1 / 0)  # any work at all would raise
+    separator.run_stage(cfg, 0, "SepFT_1")
+    (tmp_path / "seed0" / "SepFT_1" / "results_val.json").unlink()
+    with pytest.raises(ZeroDivisionError):
+        separator.run_stage(cfg, 0, "SepFT_1")
+
+
+def test_the_curve_pairs_the_pause_arm_at_1x_with_the_baseline_at_each_multiple_over_seeds():
+    cfg = separator.parse_config(separator.SeparatorConfig, ["--baseline=SepFT_1", "--curve=1,2", "--pause_curve=1",
+                                                             "--seeds=2"])
+    acc = {("PausePT_PauseFT_x1", 0): 0.80, ("PausePT_PauseFT_x1", 1): 0.82, ("SepFT_1_x1", 0): 0.70,
+           ("SepFT_1_x1", 1): 0.76, ("SepFT_1_x2", 0): 0.85, ("SepFT_1_x2", 1): 0.80}
+    records = [{"variant": a, "seed": s, "value": v, "split": "fresh_test_2", "m_ft": 1, "m_inf": 1, "metric": "em",
+                "ft_iters": 1, "train_flops": 1.0, "ft_flops": 1.0, "infer_flops_per_example": 1.0}
+               for (a, s), v in acc.items()]
+    curve = {c["vs"]: c for c in separator.summarise(cfg, records)["curve_paired"]}
+    assert curve["SepFT_1_x1"]["diffs"] == pytest.approx([0.10, 0.06]) and curve["SepFT_1_x1"]["wins"] == 2
+    assert curve["SepFT_1_x2"]["diffs"] == pytest.approx([-0.05, 0.02])
+    assert curve["SepFT_1_x2"]["verdict"] == "no gain established"
