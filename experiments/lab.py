@@ -33,6 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_PRETRAIN = load_toml(train.TrainConfig, os.path.join(REPO, "config", "tiny.toml"))
 CPU_SYNTH = ["--lo=0", "--hi=64", "--n_train=20000", "--n_val=1000", "--n_test=1000", "--corpus_docs=2000"]
 T_CRIT = 2.78  # two-sided 5 % t with 4 degrees of freedom (5 seeds): the registered criterion
+# two-sided 5 % t by degrees of freedom (seeds − 1); beyond 9, df 9's (conservative)
+T_CRIT_DF = {1: 12.71, 2: 4.30, 3: 3.18, 4: T_CRIT, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
 def arm(name: str, start: str, m_inf: int, **how) -> dict:
@@ -242,11 +244,15 @@ def paired_stats(diffs: list[float]) -> dict:
             "losses": sum(d < 0 for d in diffs)}
 
 
-def verdict(p: dict, seeds: int = 5, t_crit: float = T_CRIT) -> str:
-    """The registered rule over paired differences (paired_stats): a gain only if mean/stderr > t_crit and every
-    one of `seeds` seeds is positive; a loss likewise the other way."""
+def verdict(p: dict, seeds: int = 5, t_crit: float | None = None) -> str:
+    """The registered rule over paired differences (paired_stats): a gain only if mean/stderr > t_crit (by default
+    the two-sided 5 % t of seeds − 1 degrees of freedom: 2.78 for 5 seeds, 4.30 for 3) and every one of `seeds`
+    seeds is positive; a loss likewise the other way."""
     if p["n_seeds"] != seeds:
         return f"no verdict: {p['n_seeds']} of {seeds} seeds finished"
+    if seeds < 2:
+        return "no verdict: one seed"
+    t_crit = t_crit or T_CRIT_DF[min(seeds - 1, 9)]
     if p["t"] > t_crit and p["wins"] == seeds:
         return "gain"
     if p["t"] < -t_crit and p["losses"] == seeds:

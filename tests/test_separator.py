@@ -132,3 +132,13 @@ def test_the_curve_pairs_the_pause_arm_at_1x_with_the_baseline_at_each_multiple_
     assert curve["SepFT_1_x1"]["diffs"] == pytest.approx([0.10, 0.06]) and curve["SepFT_1_x1"]["wins"] == 2
     assert curve["SepFT_1_x2"]["diffs"] == pytest.approx([-0.05, 0.02])
     assert curve["SepFT_1_x2"]["verdict"] == "no gain established"
+
+
+def test_the_verdict_uses_the_t_of_its_seeds_4_30_for_three_and_2_78_for_five():
+    from experiments.lab import paired_stats, verdict
+    three = paired_stats([0.05, 0.06, 0.08])  # mean/stderr = 7.0: a gain at 3 seeds
+    assert verdict(three, 3) == "gain"
+    three = paired_stats([0.03, 0.06, 0.08])  # mean/stderr = 3.9: above 2.78, below 4.30
+    assert verdict(three, 3) == "no gain established" and verdict(three, 3, t_crit=2.78) == "gain"
+    five = paired_stats([0.03, 0.04, 0.05, 0.06, 0.12])  # 3.8 > 2.78 and 5/5
+    assert verdict(five, 5) == "gain" and verdict(paired_stats([0.1]), 1) == "no verdict: one seed"
