@@ -237,17 +237,19 @@ def test_eval_onto_a_full_disk_keeps_the_old_results_whole(ckpt, tmp_path, capsy
     assert out.read_text() == "[]" and os.listdir(tmp_path) == ["results.json"]
 
 
-def test_eval_into_a_read_only_folder_is_one_line_before_any_work(ckpt, tmp_path, capsys):
+def test_eval_into_a_read_only_folder_is_one_line_before_any_work(ckpt, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "ro"
     folder.mkdir()
     (folder / "results.json").write_text("[]")
-    folder.chmod(0o555)
-    try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("chmod does not stop this user (root) from writing")
-        args = eval_args(ckpt, folder / "results.json", "--overwrite")
-        err = cli_error(capsys, lambda: evaluation.main(parse_config(evaluation.EvalConfig, args)))
-        assert f"cannot write {folder}" in err, err
-        assert (folder / "results.json").read_text() == "[]" and os.listdir(folder) == ["results.json"]
-    finally:
-        folder.chmod(0o755)
+    real_open = open
+
+    def read_only(path, mode="r", *args, **kwargs):  # what a read-only folder does to any user, root included
+        if os.path.dirname(os.path.abspath(path)) == str(folder) and set(mode) & set("wxa+"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only)
+    args = eval_args(ckpt, folder / "results.json", "--overwrite")
+    err = cli_error(capsys, lambda: evaluation.main(parse_config(evaluation.EvalConfig, args)))
+    assert f"cannot write {folder}: Permission denied" in err, err
+    assert (folder / "results.json").read_text() == "[]" and os.listdir(folder) == ["results.json"]

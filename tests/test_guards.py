@@ -108,7 +108,7 @@ def test_help_shows_what_each_option_accepts(capsys):
     with pytest.raises(SystemExit):
         parse_config(evaluation.EvalConfig, ["--help"])
     out = capsys.readouterr().out
-    assert "sequences per forward pass [32] (an integer >= 1)" in out
+    assert "sequences per forward pass" in out and "memory) [32] (an integer >= 1)" in out
     assert "(one of auto, cpu, cuda, cuda:N)" in out
 
 
