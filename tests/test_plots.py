@@ -315,3 +315,19 @@ def test_a_results_file_with_a_value_that_cannot_be_drawn_is_one_line(tmp_path, 
     with pytest.raises(SystemExit) as e:
         plots.run_main(plots.cli, ["minf", str(path), f"--out={tmp_path / 'm.png'}"])
     assert e.value.code == 2 and says in capsys.readouterr().err and not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize("records,says", [("empty", "is not an eval.py results file"),
+                                          ("missing", "is not an eval.py results file"),
+                                          ("two_tasks", "several tasks (gsm8k, lambada): plot one task at a time")])
+@pytest.mark.parametrize("kind", ["minf", "variants"])
+def test_an_empty_file_a_missing_key_or_two_tasks_is_one_line_and_no_figure(tmp_path, capsys, records, says, kind):
+    rec = {"task": "gsm8k", "variant": "StdPT_PauseFT", "m_ft": 2, "m_inf": 2, "metric": "em", "value": 0.5,
+           "stderr": 0.01, "n": 10}
+    records = {"empty": [], "missing": [rec, {k: v for k, v in rec.items() if k != "value"}],
+               "two_tasks": [rec, {**rec, "task": "lambada", "m_inf": 3}]}[records]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(SystemExit) as e:
+        plots.run_main(plots.cli, [kind, str(path), f"--out={tmp_path / 'm.png'}"])
+    assert e.value.code == 2 and says in capsys.readouterr().err and not (tmp_path / "m.png").exists()
