@@ -298,32 +298,43 @@ def curve_plot(rows: list[dict], cfg: SeparatorConfig, out_png: str) -> None:
 
 
 def depth_report(cfg: SeparatorConfig) -> dict:
-    """Experiment 4: PausePT_PauseFT against the best baseline on val, at each depth's out_dir (depth.md/.png)."""
+    """Experiment 4: at each depth's out_dir, PausePT_PauseFT against the best baseline on val (the registered
+    comparison, t by its seeds) and, descriptive, against StdFT_flops (the bare layout): depth.md/.png."""
     rows = []
     for d in cfg.depths_from:
         s = json.load(open(os.path.join(d, "separator.json")))
         at = {(r["arm"], r["split"]): r for r in s["rows"]}
         p, best = s["primary"], s["best_baseline_on_val"]
+        bare = next(q for q in s["paired"] if q["vs"] == "StdFT_flops" and q["split"] == "fresh_test_2")
         rows.append({"n_layer": s["config"]["n_layer"], "pause": at[(PAUSE_ARM, "fresh_test_2")]["mean"],
-                     "baseline": best, "baseline_acc": at[(best, "fresh_test_2")]["mean"], **p})
+                     "baseline": best, "baseline_acc": at[(best, "fresh_test_2")]["mean"],
+                     "bare_acc": at[("StdFT_flops", "fresh_test_2")]["mean"], "bare_diff": bare["mean_diff"],
+                     "bare_stderr": bare["stderr"], "verdict": lab.verdict(p, p["n_seeds"]), **p})
     rows.sort(key=lambda r: r["n_layer"])
     lines = ["# Depth: PausePT_PauseFT against the best baseline on val (fresh_test_2, exact match %)", ""]
-    lines += lab.md_table(["layers", "PausePT_PauseFT", "best baseline (val)", "its accuracy", "mean diff", "stderr",
-                           "mean/stderr", "+ / −"],
-                          [[r["n_layer"], f"{100 * r['pause']:.1f}", r["baseline"], f"{100 * r['baseline_acc']:.1f}",
-                            fmt_num(100 * r["mean_diff"], "+.1f"), fmt_num(100 * r["stderr"]), fmt_num(r["t"], ".2f"),
-                            f"{r['wins']} / {r['losses']}"] for r in rows])
+    lines += lab.md_table(["layers", "seeds", "PausePT_PauseFT", "best baseline (val)", "its accuracy", "mean diff",
+                           "stderr", "mean/stderr", "+ / −", "verdict", "StdFT_flops", "pause − StdFT_flops"],
+                          [[r["n_layer"], r["n_seeds"], f"{100 * r['pause']:.1f}", r["baseline"],
+                            f"{100 * r['baseline_acc']:.1f}", fmt_num(100 * r["mean_diff"], "+.1f"),
+                            fmt_num(100 * r["stderr"]), fmt_num(r["t"], ".2f"), f"{r['wins']} / {r['losses']}",
+                            r["verdict"], f"{100 * r['bare_acc']:.1f}",
+                            f"{fmt_num(100 * r['bare_diff'], '+.1f')} ± {fmt_num(100 * r['bare_stderr'])}"]
+                           for r in rows])
     write_text(os.path.join(cfg.out_dir, "depth.md"), "\n".join(lines) + "\n")
     fig, ax = plots.plt.subplots(figsize=(6, 4))
-    for i, (key, label) in enumerate((("pause", PAUSE_ARM), ("baseline_acc", "best baseline on val"))):
+    for i, (key, label, colour) in enumerate((("pause", PAUSE_ARM, PAUSE_ARM),
+                                              ("baseline_acc", "best baseline on val", "SepFT_1"),
+                                              ("bare_acc", "StdFT_flops (nothing before the answer)",
+                                               "StdFT_flops"))):
         ax.plot([r["n_layer"] for r in rows], [100 * r[key] for r in rows], marker=plots.MARKERS[i], label=label,
-                color=figures.arm_color(PAUSE_ARM if i == 0 else "StdFT_flops"))
-    ax.set(xlabel="layers (width 64)", ylabel="exact match % (fresh_test_2)", title="the pause gain against depth")
+                color=figures.arm_color(colour))
+    ax.set(xlabel="layers (width 64)", ylabel="exact match % (fresh_test_2)",
+           title="accuracy against depth at equal training FLOPs (mean over seeds)")
+    ax.set_xticks([r["n_layer"] for r in rows])
     ax.legend(fontsize=8)
     plots.save_figure(fig, os.path.join(cfg.out_dir, "depth.png"), {"rows": rows})
     print("\n".join(lines))
     return {"rows": rows}
-
 
 if __name__ == "__main__":
     run_main(lambda: main(parse_config(SeparatorConfig, prog="python -m experiments.separator")))

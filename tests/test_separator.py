@@ -142,3 +142,26 @@ def test_the_verdict_uses_the_t_of_its_seeds_4_30_for_three_and_2_78_for_five():
     assert verdict(three, 3) == "no gain established" and verdict(three, 3, t_crit=2.78) == "gain"
     five = paired_stats([0.03, 0.04, 0.05, 0.06, 0.12])  # 3.8 > 2.78 and 5/5
     assert verdict(five, 5) == "gain" and verdict(paired_stats([0.1]), 1) == "no verdict: one seed"
+
+
+def test_the_depth_report_reads_each_depths_summary_with_the_t_of_three_seeds(tmp_path):
+    def summary_at(n_layer: int, gain: float) -> str:
+        cfg = separator.parse_config(separator.SeparatorConfig, [f"--n_layer={n_layer}", "--seeds=3"])
+        acc = {"PausePT_PauseFT": 0.80, "StdFT_flops": 0.60, "SepFT_1": 0.80 - gain, "SepFT_3": 0.70}
+        records = [{"variant": a, "seed": s, "value": v + 0.01 * s * (a == "PausePT_PauseFT"), "split": split,
+                    "m_ft": 0, "m_inf": 0, "metric": "em", "ft_iters": 1, "train_flops": 1.0, "ft_flops": 1.0,
+                    "infer_flops_per_example": 1.0} for a, v in acc.items() for s in range(3)
+                   for split in ("val", "fresh_test_2")]
+        out = tmp_path / f"L{n_layer}"
+        out.mkdir()
+        (out / "separator.json").write_text(json.dumps(separator.summarise(cfg, records)))
+        return str(out)
+
+    dirs = [summary_at(6, -0.05), summary_at(1, 0.10)]
+    cfg = separator.parse_config(separator.SeparatorConfig, [f"--out_dir={tmp_path}", "--depths_from=" + ",".join(dirs)])
+    rows = separator.main(cfg)["rows"]
+    assert [r["n_layer"] for r in rows] == [1, 6] and [r["baseline"] for r in rows] == ["SepFT_1", "SepFT_1"]
+    assert rows[0]["mean_diff"] == pytest.approx(0.11) and rows[0]["verdict"] == "gain"  # t = 19, 3/3
+    assert rows[1]["mean_diff"] == pytest.approx(-0.04) and rows[1]["verdict"].startswith("loss")
+    assert rows[0]["bare_diff"] == pytest.approx(0.21) and rows[1]["baseline_acc"] == pytest.approx(0.85)
+    assert (tmp_path / "depth.md").exists() and (tmp_path / "depth.png").exists()
