@@ -17,24 +17,14 @@ import runtime
 import sample
 import train
 from checkpoint import save_checkpoint
-from config import parse_config, run_main
+from config import parse_config
 from model import GPT, GPTConfig
 from tokenizer import WordTokenizer, padded_vocab
+from test_faults import cli_error
 
 TINY = ["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=32", "--batch_size=2",
         "--max_iters=1", "--eval_iters=1"]
 WORDS = ["gap", *map(str, range(20))]
-
-
-def cli_error(capsys, main, *args) -> str:
-    """main(*args) as a script runs it: exit status 2 and one error line (after any progress bars)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_main(main, *args)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and "Traceback" not in err and err.count("error: ") == 1, err
-    assert err.splitlines()[-1].startswith("error: "), err
-    return err.splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

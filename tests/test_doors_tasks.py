@@ -7,22 +7,11 @@ import json
 import pytest
 
 import tasks
-from config import run_main
 from test_download import server  # noqa: F401  (the local HTTP server on 127.0.0.1, a fixture)
+from test_faults import cli_error
 
 LAMBADA = b"".join(json.dumps({"text": f"passage {i} ends with the word key{i}"}).encode() + b"\n" for i in range(200))
 PATH = "/lambada/lambada_test.jsonl"  # a mirror holds TASK/<official file name>, as --out_dir does
-
-
-def cli_error(capsys, fn, *args) -> str:
-    """fn(*args) under run_main, as a script runs: exit status 2 and one error line (after any progress bar)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_main(fn, *args)
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and "Traceback" not in err and err.count("error: ") == 1, err
-    assert err.splitlines()[-1].startswith("error: "), err
-    return err.splitlines()[-1]
 
 
 @pytest.fixture
