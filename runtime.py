@@ -273,9 +273,29 @@ def file_sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def download_file(url: str, dest: str, sha256: str | None = None, desc: str | None = None) -> str:
-    """Download url to dest, resuming a partial dest.part; check sha256 if given. Skips a good existing dest."""
-    if os.path.exists(dest) and (sha256 is None or file_sha256(dest) == sha256):
+def file_git_blob(path: str) -> str:
+    """The id git gives a file's bytes (SHA-1 of b"blob SIZE\\0" + bytes): it pins a file known only from a
+    repository's tree, where no checksum is published."""
+    h = hashlib.sha1(b"blob %d\0" % os.path.getsize(path))
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _mismatch(path: str, sha256: str | None, git_blob: str | None) -> str | None:
+    """What is wrong with path's digest ("sha256 1a2b…, expected 3c4d…"); None when it matches every pin given."""
+    for name, want, digest in (("sha256", sha256, file_sha256), ("git blob", git_blob, file_git_blob)):
+        if want is not None and (got := digest(path)) != want:
+            return f"{name} {got[:12]}…, expected {want[:12]}…"
+    return None
+
+
+def download_file(url: str, dest: str, sha256: str | None = None, desc: str | None = None,
+                  git_blob: str | None = None) -> str:
+    """Download url to dest, resuming a partial dest.part; check sha256 and/or git_blob (file_git_blob) if given.
+    Skips a good existing dest."""
+    if os.path.exists(dest) and _mismatch(dest, sha256, git_blob) is None:
         return dest
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
@@ -293,15 +313,15 @@ def download_file(url: str, dest: str, sha256: str | None = None, desc: str | No
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # .part is already whole (or longer than the file): fetch it again
             os.remove(part)
-            return download_file(url, dest, sha256, desc)
+            return download_file(url, dest, sha256, desc, git_blob)
         raise UserError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
     except (OSError, HTTPException) as e:  # URLError, timeouts and disk errors are OSErrors
         raise UserError(f"download of {url} failed ({e}); run the command again to resume") from None
     if total is not None and os.path.getsize(part) != total:
         raise UserError(f"download of {url} stopped at {os.path.getsize(part)} of {total} bytes; run again to resume")
-    if sha256 is not None and (digest := file_sha256(part)) != sha256:
+    if (wrong := _mismatch(part, sha256, git_blob)) is not None:
         os.remove(part)
-        raise UserError(f"download of {url} has sha256 {digest[:12]}…, expected {sha256[:12]}…; deleted it")
+        raise UserError(f"download of {url} has {wrong}; deleted it")
     os.replace(part, dest)
     return dest
 

@@ -99,13 +99,15 @@ SHA256 = {
         "17f3d983209dcaebea2a2e8a2a8cdde30345009052057c70d48adf45c1510960",
     # PIQA: no checksum of these files is published. yonatanbisk.com serves the repository (see its CNAME)
     # github.com/ybisk/ybisk.github.io; these are the sha256 of its piqa/data files at commit 21edab4 (its tests.jsonl
-    # there has the sha256 Hugging Face recorded for the served one). Its train.jsonl is not pinned: neither a checksum
-    # nor the file's bytes could be found, so only the length the server announces is checked, and load_task counts
-    # its questions against train-labels.lst (pinned).
+    # there has the sha256 Hugging Face recorded for the served one). Its train.jsonl is pinned in GIT_BLOB below.
     "piqa/valid.jsonl": "93503cc97c679e459b065c3d13e848282e44b2a25213985bed3e5d458abef72d",
     "piqa/valid-labels.lst": "b4192dc3a2a0363d9d60ccf79800cbbe2f32ebb17726efdde6970e0b8131bceb",
     "piqa/train-labels.lst": "df8ae080c41f02f88e81f6932d425f4b7ee72f433ad552e6a30d45e358e8f8bb",
 }
+# Files whose bytes could not be found, only their git blob id (runtime.file_git_blob) in the repository that serves
+# them: PIQA's train.jsonl in ybisk/ybisk.github.io at 21edab4, piqa/data (the same tree's valid.jsonl has blob
+# da35972 and the sha256 pinned above, so the served files are the tree's bytes).
+GIT_BLOB = {"piqa/train.jsonl": "f032ea264350c9cc30e7f872ea2a8576f4a97f2e"}
 
 
 def get_spec(name: str) -> TaskSpec:
@@ -332,7 +334,8 @@ def load_task(name: str, path: str) -> list[Example]:
 def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None,
                   base_url: str = "") -> dict[str, str]:
     """Fetch the official files of `splits` (default: all) into out_dir, PIQA's label files along, each checked
-    against SHA256; from base_url/NAME/<file name> if given. Returns split -> local path of the file load_task reads."""
+    against SHA256 (or GIT_BLOB); from base_url/NAME/<file name> if given. Returns split -> local path of the file
+    load_task reads."""
     spec = get_spec(name)
     splits = splits or tuple(k for k in spec.files if not k.endswith("_labels"))
     unknown = [s for s in splits if s not in spec.files]
@@ -349,7 +352,8 @@ def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None
                 if base_url:
                     url = f"{base_url.rstrip('/')}/{name}/{filename}"
                 dest = os.path.join(out_dir, filename)
-                download_file(url, dest, sha256=SHA256.get(f"{name}/{filename}"), desc=f"{name} {filename}")
+                download_file(url, dest, sha256=SHA256.get(f"{name}/{filename}"), desc=f"{name} {filename}",
+                              git_blob=GIT_BLOB.get(f"{name}/{filename}"))
                 paths.setdefault(split, dest)
     return paths
 
@@ -358,7 +362,7 @@ def download_task(name: str, out_dir: str, splits: tuple[str, ...] | None = None
 
 @dataclass
 class DownloadTasksConfig:
-    """Fetch tasks' official files (resumable, sha256-checked: all but PIQA's train.jsonl) into OUT_DIR/TASK/."""
+    """Fetch tasks' official files (resumable, each checked against its pinned digest) into OUT_DIR/TASK/."""
     task: list[str] = opt(list(TASKS), "tasks to fetch (default: all nine)", choices=tuple(TASKS))
     out_dir: str = opt(os.path.join("data", "tasks"), "files go to OUT_DIR/TASK/<official name>")
     splits: list[str] = opt(["train", "eval"], "splits to fetch", choices=("train", "eval"))

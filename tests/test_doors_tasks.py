@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import runtime
 import tasks
 from test_download import server  # noqa: F401  (the local HTTP server on 127.0.0.1, a fixture)
 from test_faults import cli_error
@@ -57,10 +58,39 @@ def test_a_dropped_connection_keeps_a_part_that_a_rerun_resumes(capsys, server, 
     assert tasks.load_task("lambada", str(tmp_path / "lambada" / "lambada_test.jsonl"))[7].answers == ["key7"]
 
 
-def test_every_official_file_is_pinned_but_piqas_train_questions():
+def test_every_official_file_is_pinned():
     files = {f"{spec.name}/{url.rsplit('/', 1)[1]}" for spec in tasks.TASKS.values() for url in spec.files.values()}
-    assert files - set(tasks.SHA256) == {"piqa/train.jsonl"}  # no public checksum found (see tasks.SHA256)
+    assert files == set(tasks.SHA256) | set(tasks.GIT_BLOB) and not set(tasks.SHA256) & set(tasks.GIT_BLOB)
     assert all(len(h) == 64 and set(h) <= set("0123456789abcdef") for h in tasks.SHA256.values())
+    assert all(len(h) == 40 and set(h) <= set("0123456789abcdef") for h in tasks.GIT_BLOB.values())
+
+
+def test_a_git_blob_id_is_the_one_git_gives(tmp_path):
+    (tmp_path / "a").write_bytes(b"hello\n")  # `printf 'hello\n' | git hash-object --stdin`
+    assert runtime.file_git_blob(str(tmp_path / "a")) == "ce013625030ba8dba906f756967f9e9ca394464a"
+    (tmp_path / "b").write_bytes(b"")  # git's empty blob
+    assert runtime.file_git_blob(str(tmp_path / "b")) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+
+
+PIQA = b"".join(json.dumps({"goal": f"goal {i}", "sol1": "a", "sol2": "b"}).encode() + b"\n" for i in range(50))
+PIQA_LABELS = b"".join(b"%d\n" % (i % 2) for i in range(50))
+
+
+@pytest.mark.parametrize("served", [PIQA[:-300], PIQA.replace(b"goal 7", b"goal 8")], ids=["truncated", "wrong"])
+def test_piqas_train_questions_not_the_pinned_ones_are_refused_and_a_rerun_fetches_them(capsys, server, tmp_path,
+                                                                                      monkeypatch, served):
+    (tmp_path / "pinned").write_bytes(PIQA)
+    monkeypatch.setitem(tasks.GIT_BLOB, "piqa/train.jsonl", runtime.file_git_blob(str(tmp_path / "pinned")))
+    monkeypatch.setitem(tasks.SHA256, "piqa/train-labels.lst", hashlib.sha256(PIQA_LABELS).hexdigest())
+    server.files = {"/piqa/train.jsonl": served, "/piqa/train-labels.lst": PIQA_LABELS}
+    argv = ["download", "--task=piqa", "--splits=train", f"--out_dir={tmp_path}", f"--base_url={server.url}/"]
+    assert "train.jsonl has git blob" in cli_error(capsys, tasks.main, argv)
+    assert list((tmp_path / "piqa").iterdir()) == []
+    (tmp_path / "piqa" / "train.jsonl").write_bytes(served)  # a wrong file left by an older version: fetched again
+    server.files["/piqa/train.jsonl"] = PIQA
+    tasks.main(argv)
+    assert (tmp_path / "piqa" / "train.jsonl").read_bytes() == PIQA
+    assert len(tasks.load_task("piqa", str(tmp_path / "piqa" / "train.jsonl"))) == 50
 
 
 # ----------------------------------------------------------------------------- task files that are not text
