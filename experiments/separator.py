@@ -24,6 +24,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from matplotlib.ticker import ScalarFormatter
+
 import plots
 from plots import fmt_num
 from config import DEVICES, DTYPES, UserError, check_config, opt, parse_config, run_main
@@ -180,7 +182,11 @@ def summarise(cfg: SeparatorConfig, records: list[dict]) -> dict:
              for m in cfg.curve if 1 in cfg.pause_curve]
     for c in curve:
         c["verdict"] = lab.verdict(c, cfg.seeds)
-    return {"chosen_lr_on_val": tuning, "curve_paired": curve,
+    # descriptive, not registered: the two arms at each other multiple both ran (equal finetuning FLOPs there)
+    same = [{"arm": f"{PAUSE_ARM}_x{m:g}", "vs": f"{cfg.baseline}_x{m:g}", "split": "fresh_test_2",
+             **lab.paired_stats(diffs(at, "fresh_test_2", f"{PAUSE_ARM}_x{m:g}", f"{cfg.baseline}_x{m:g}"))}
+            for m in cfg.curve if m in cfg.pause_curve and m != 1]
+    return {"chosen_lr_on_val": tuning, "curve_paired": curve, "curve_same_multiple": same,
             "config": {k: v for k, v in vars(cfg).items() if k != "out_dir"}, "best_baseline_on_val": best,
             "primary": primary, "verdict": lab.verdict(primary, cfg.seeds) if primary else "no val results",
             "rows": rows, "paired": pairs, "frontier": {s: frontier([r for r in rows if r["split"] == s])
@@ -234,6 +240,12 @@ def write_report(cfg: SeparatorConfig, summary: dict, wall_s: float | None) -> N
             [[q["arm"], q["vs"], q["split"], q["n_seeds"], fmt_num(100 * q["mean_diff"], "+.1f"),
               fmt_num(100 * q["stderr"]), fmt_num(q["t"], ".2f"), f"{q['wins']} / {q['losses']}", q["verdict"]]
              for q in summary["curve_paired"]])
+    if summary.get("curve_same_multiple"):
+        lines += ["", "Descriptive (not registered): both arms at the same other multiple:", ""] + lab.md_table(
+            ["arm", "vs", "split", "seeds", "mean diff", "stderr", "mean/stderr", "+ / −"],
+            [[q["arm"], q["vs"], q["split"], q["n_seeds"], fmt_num(100 * q["mean_diff"], "+.1f"),
+              fmt_num(100 * q["stderr"]), fmt_num(q["t"], ".2f"), f"{q['wins']} / {q['losses']}"]
+             for q in summary["curve_same_multiple"]])
     write_text(os.path.join(cfg.out_dir, "separator.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -283,14 +295,16 @@ def curve_plot(rows: list[dict], cfg: SeparatorConfig, out_png: str) -> None:
     registered arms at 1x, the learning rate of the study, are left out: the curve is at the chosen rates)."""
     fig, ax = plots.plt.subplots(figsize=(6, 4))
     data = {}
-    for i, name in enumerate((PAUSE_ARM, cfg.baseline)):
+    for i, (name, lr) in enumerate(((PAUSE_ARM, cfg.pause_lr), (cfg.baseline, cfg.baseline_lr))):
         pts = sorted(((r["ft_flops"], 100 * r["mean"], 100 * r["std"]) for r in rows if r["split"] == "fresh_test_2"
                       and r["arm"].startswith(f"{name}_x")))
         if pts:
             ax.errorbar(*zip(*[(x / 1e12, y) for x, y, _ in pts]), yerr=[e for *_, e in pts], marker=plots.MARKERS[i],
-                        capsize=3, label=name, color=figures.arm_color(name))
+                        capsize=3, label=f"{name} (lr {lr:g})", color=figures.arm_color(name))
             data[name] = [{"ft_flops": x, "accuracy": y, "std": e} for x, y, e in pts]
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 2, 5, 10: not 2 x 10^0
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set(xlabel="finetuning TFLOPs (ledger)", ylabel="exact match % (fresh_test_2)",
            title="accuracy against finetuning FLOPs (mean ± std over seeds)")
     ax.legend(fontsize=8)

@@ -121,17 +121,22 @@ def test_a_finished_arm_is_skipped_before_any_data_or_budget_work(tmp_path, monk
 
 
 def test_the_curve_pairs_the_pause_arm_at_1x_with_the_baseline_at_each_multiple_over_seeds():
-    cfg = separator.parse_config(separator.SeparatorConfig, ["--baseline=SepFT_1", "--curve=1,2", "--pause_curve=1",
+    cfg = separator.parse_config(separator.SeparatorConfig, ["--baseline=SepFT_1", "--curve=1,2", "--pause_curve=1,2",
                                                              "--seeds=2"])
     acc = {("PausePT_PauseFT_x1", 0): 0.80, ("PausePT_PauseFT_x1", 1): 0.82, ("SepFT_1_x1", 0): 0.70,
-           ("SepFT_1_x1", 1): 0.76, ("SepFT_1_x2", 0): 0.85, ("SepFT_1_x2", 1): 0.80}
+           ("SepFT_1_x1", 1): 0.76, ("SepFT_1_x2", 0): 0.85, ("SepFT_1_x2", 1): 0.80,
+           ("PausePT_PauseFT_x2", 0): 0.90, ("PausePT_PauseFT_x2", 1): 0.79}
     records = [{"variant": a, "seed": s, "value": v, "split": "fresh_test_2", "m_ft": 1, "m_inf": 1, "metric": "em",
                 "ft_iters": 1, "train_flops": 1.0, "ft_flops": 1.0, "infer_flops_per_example": 1.0}
                for (a, s), v in acc.items()]
-    curve = {c["vs"]: c for c in separator.summarise(cfg, records)["curve_paired"]}
+    summary = separator.summarise(cfg, records)
+    curve = {c["vs"]: c for c in summary["curve_paired"]}
     assert curve["SepFT_1_x1"]["diffs"] == pytest.approx([0.10, 0.06]) and curve["SepFT_1_x1"]["wins"] == 2
     assert curve["SepFT_1_x2"]["diffs"] == pytest.approx([-0.05, 0.02])
     assert curve["SepFT_1_x2"]["verdict"] == "no gain established"
+    [same] = summary["curve_same_multiple"]  # descriptive: both arms at 2x (1x is the registered pair above)
+    assert (same["arm"], same["vs"]) == ("PausePT_PauseFT_x2", "SepFT_1_x2")
+    assert same["diffs"] == pytest.approx([0.05, -0.01])
 
 
 def test_the_verdict_uses_the_t_of_its_seeds_4_30_for_three_and_2_78_for_five():
