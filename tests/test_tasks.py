@@ -183,7 +183,8 @@ def test_unknown_task():
 
 def test_download_task_fetches_piqa_labels_too(tmp_path, monkeypatch):
     calls = []
-    stub = types.SimpleNamespace(download_file=lambda url, dest, sha256=None, desc=None: calls.append((url, dest)))
+    stub = types.SimpleNamespace(download_file=lambda url, dest, sha256=None, desc=None, git_blob=None:
+                                 calls.append((url, dest)))
     monkeypatch.setattr(tasks, "download_file", stub.download_file)  # runtime.download_file's signature, no network
     paths = tasks.download_task("piqa", str(tmp_path), splits=("eval",))
     assert paths == {"eval": str(tmp_path / "valid.jsonl")}
