@@ -69,6 +69,17 @@ def finished(ckpt: str, steps: int | None = None) -> bool:
     return meta["step"] >= (meta["config"]["max_iters"] if steps is None else steps)
 
 
+def check_rate(run_dir: str, lr: float) -> None:
+    """A finished finetuning is reused (or aggregated) only under the learning rate it ran at (its log's first line
+    holds its config): asking another rate of the same folder would report the old run under the new rate."""
+    log = os.path.join(run_dir, "log.jsonl")
+    if os.path.exists(log):
+        with open(log) as f:
+            was = json.loads(f.readline()).get("config", {}).get("learning_rate")
+        if was is not None and was != lr:
+            raise UserError(f"{run_dir} was finetuned at lr {was:g}; this run asks {lr:g} of it: use another --out_dir")
+
+
 # ----------------------------------------------------------------------------- the CPU recipe
 def cpu_data(out_dir: str, cpu_n, layout: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """Generate the synthetic task and corpus into out_dir/synth and prepare the corpus into out_dir/data, once (a
@@ -158,6 +169,7 @@ def run_arms(cfg, seed: int, pre: dict[str, str], files: dict[str, str], runs: l
     for v in runs:
         ckpt = os.path.join(cfg.out_dir, f"seed{seed}", v.get("source", v["name"]), "ckpt.pt")
         iters = v.get("steps", cfg.ft_iters)
+        check_rate(os.path.dirname(ckpt), v.get("lr", cfg.ft_lr))
         if cfg.aggregate:
             records += saved_records(cfg, seed, v)
             continue

@@ -142,6 +142,8 @@ def run_stage(cfg: SeparatorConfig, seed: int, name: str) -> None:
     """One pretraining, or one arm finetuned and evaluated on every split, of one seed."""
     done = os.path.join(cfg.out_dir, f"seed{seed}", name, "results_{}.json")
     if name not in ("StdPT", "PausePT") and all(os.path.exists(done.format(s)) for s in SPLITS):
+        v = next(v for v in arms(cfg) if v["name"] == name)
+        lab.check_rate(os.path.join(cfg.out_dir, f"seed{seed}", v.get("source", name)), v.get("lr", cfg.ft_lr))
         return  # its results files are written last: nothing to budget, train or evaluate again
     files = data_files(cfg)
     if name in ("StdPT", "PausePT"):

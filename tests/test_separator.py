@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from config import UserError
 from experiments import separator, synth
 from finetune import FinetuneConfig, FinetuneData
 from pause import IGNORE, prompt_in_block
@@ -170,3 +171,18 @@ def test_the_depth_report_reads_each_depths_summary_with_the_t_of_three_seeds(tm
     assert rows[1]["mean_diff"] == pytest.approx(-0.04) and rows[1]["verdict"].startswith("loss")
     assert rows[0]["bare_diff"] == pytest.approx(0.21) and rows[1]["baseline_acc"] == pytest.approx(0.85)
     assert (tmp_path / "depth.md").exists() and (tmp_path / "depth.png").exists()
+
+
+def test_a_finished_arm_asked_at_another_learning_rate_is_refused_not_reported_under_it(tmp_path, capsys):
+    """--pause_lr changed, same --out_dir: PausePT_PauseFT_x1 ran at 2e-3; reusing it as 4e-3 would mislabel it."""
+    run = tmp_path / "seed0" / "PausePT_PauseFT_x1"
+    run.mkdir(parents=True)
+    (run / "log.jsonl").write_text(json.dumps({"config": {"learning_rate": 2e-3}}) + '\n{"step": 0}\n')
+    for s in separator.SPLITS:
+        (run / f"results_{s}.json").write_text("[]")
+    argv = [f"--out_dir={tmp_path}", "--baseline=SepFT_1", "--pause_curve=1"]
+    separator.run_stage(separator.parse_config(separator.SeparatorConfig, argv + ["--pause_lr=2e-3"]), 0, run.name)
+    for stage in (separator.run_stage, lambda cfg, seed, name: separator.main(cfg)):  # a run, and --aggregate
+        cfg = separator.parse_config(separator.SeparatorConfig, argv + ["--pause_lr=4e-3", "--aggregate"])
+        with pytest.raises(UserError, match="was finetuned at lr 0.002; this run asks 0.004 of it"):
+            stage(cfg, 0, run.name)
