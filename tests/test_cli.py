@@ -37,12 +37,16 @@ def test_help_lists_every_option_with_its_help(module, name, capsys):
         assert f"--{f.name}=" in out and f.metadata.get("help"), f.name
 
 
+@pytest.fixture(scope="module")
+def unknown() -> dict:
+    return run_all("--no_such_option=1", SCRIPTS)
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_unknown_option_is_one_line_and_exit_2(script):
-    cmd = [sys.executable, *script.split(), "--no_such_option=1"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 2
-    assert p.stderr.strip().startswith("error: unknown option --no_such_option") and "\n" not in p.stderr.strip()
+def test_unknown_option_is_one_line_and_exit_2(script, unknown):
+    code, _, stderr = unknown[script]
+    assert code == 2
+    assert stderr.strip().startswith("error: unknown option --no_such_option") and "\n" not in stderr.strip()
 
 
 def test_help_shows_a_newline_default_escaped(capsys):
@@ -114,16 +118,22 @@ HELP = ["tokenizer.py", "tasks.py", "data.py", "train.py", "finetune.py", "sampl
 NO_COMMAND = ["prepare.py", "flops.py", "model.py", "metrics.py"]  # libraries: their docstring and what to run
 
 
-# Every script's --help run as `python SCRIPT --help` would run it, in one process (one torch import, not 14).
-HELP_ALL = """
+# Scripts run as `python SCRIPT ... FLAG` (or `python -m MODULE ... FLAG`) would run them, as __main__, all in one
+# process: one torch import, not one per script.
+RUN_ALL = """
 import contextlib, io, json, runpy, sys
-out = {}
-for script in sys.argv[1:]:
-    o, e = io.StringIO(), io.StringIO()
-    sys.argv = [script, "--help"]
+flag, out = sys.argv[1], {}
+for script in sys.argv[2:]:
+    words, o, e = script.split(), io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
         try:
-            runpy.run_path(script, run_name="__main__")
+            if words[0] == "-m":
+                sys.argv = [words[1], *words[2:], flag]
+                sys.modules.pop(words[1], None)  # imported by an earlier script: run it afresh, as python -m does
+                runpy.run_module(words[1], run_name="__main__", alter_sys=True)
+            else:
+                sys.argv = [*words, flag]
+                runpy.run_path(words[0], run_name="__main__")
             code = 0
         except SystemExit as x:
             code = x.code or 0
@@ -132,12 +142,17 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def helps() -> dict:
-    p = subprocess.run([sys.executable, "-c", HELP_ALL, *HELP, *NO_COMMAND], cwd=ROOT, capture_output=True, text=True,
+def run_all(flag: str, scripts: list[str]) -> dict:
+    """script -> [exit status, stdout, stderr] of each script run with `flag`, in one process."""
+    p = subprocess.run([sys.executable, "-c", RUN_ALL, flag, *scripts], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict:
+    return run_all("--help", HELP + NO_COMMAND)
 
 
 @pytest.mark.parametrize("script", HELP + NO_COMMAND)
@@ -177,10 +192,10 @@ def help_at_a_terminal(script: str, columns: int) -> str:
 
 
 @pytest.mark.parametrize("script", ["train.py", "data.py", "model.py"])  # options, commands, a docstring
-def test_help_at_a_terminal_fits_its_width(script):
+def test_help_at_a_terminal_fits_its_width(script, helps):
     text = help_at_a_terminal(script, 72)
     assert max(map(len, text.splitlines())) <= 72 and ("usage:" in text or "no command of its own" in text)
-    piped = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    piped = helps[script][1]  # --help printed to a pipe
     assert "".join(text.split()) == "".join(piped.split())  # the same text, only the line breaks differ
 
 
