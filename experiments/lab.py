@@ -75,7 +75,7 @@ def check_rate(run_dir: str, lr: float) -> None:
     log = os.path.join(run_dir, "log.jsonl")
     if os.path.exists(log):
         with open(log) as f:
-            was = json.loads(f.readline()).get("config", {}).get("learning_rate")
+            was = json.loads(f.readline() or "{}").get("config", {}).get("learning_rate")  # empty: killed at start
         if was is not None and was != lr:
             raise UserError(f"{run_dir} was finetuned at lr {was:g}; this run asks {lr:g} of it: use another --out_dir")
 
