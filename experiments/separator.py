@@ -210,6 +210,15 @@ def frontier(rows: list[dict], within: float = 0.01) -> dict | None:
     return {"best": best["arm"], "cheapest_within_1_point": min(near, key=lambda r: r["infer_flops_per_example"])["arm"]}
 
 
+def pair_table(pairs: list[dict], verdict: bool = False) -> list[str]:
+    """Paired differences (lab.paired_stats) as a markdown table, in points; with each one's verdict if asked."""
+    return lab.md_table(
+        ["arm", "vs", "split", "seeds", "mean diff", "stderr", "mean/stderr", "+ / −"] + ["verdict"] * verdict,
+        [[q["arm"], q["vs"], q["split"], q["n_seeds"], fmt_num(100 * q["mean_diff"], "+.1f"),
+          fmt_num(100 * q["stderr"]), fmt_num(q["t"], ".2f"), f"{q['wins']} / {q['losses']}"]
+         + ([q["verdict"]] if verdict else []) for q in pairs])
+
+
 def write_report(cfg: SeparatorConfig, summary: dict, wall_s: float | None) -> None:
     p = summary["primary"]
     lines = [f"# Is it the pause, or the missing separator? {cfg.kind} task, {cfg.n_layer} layers, "
@@ -230,24 +239,15 @@ def write_report(cfg: SeparatorConfig, summary: dict, wall_s: float | None) -> N
                   f"{r['infer_flops_per_example'] / 1e6:.3f}"] for r in rows])
             f = summary["frontier"][split]
             lines += ["", f"Best: {f['best']}; cheapest within 1 point of it: {f['cheapest_within_1_point']}.", ""]
-    lines += ["Paired differences (same seed), in points:", ""] + lab.md_table(
-        ["arm", "vs", "split", "seeds", "mean diff", "stderr", "mean/stderr", "+ / −"],
-        [[q["arm"], q["vs"], q["split"], q["n_seeds"], fmt_num(100 * q["mean_diff"], "+.1f"),
-          fmt_num(100 * q["stderr"]), fmt_num(q["t"], ".2f"), f"{q['wins']} / {q['losses']}"]
-         for q in summary["paired"] if q["n_seeds"]])
+    lines += ["Paired differences (same seed), in points:", ""] + pair_table(
+        [q for q in summary["paired"] if q["n_seeds"]])
     if summary["curve_paired"]:
         lines += ["", "Experiment 2, at the chosen rates (" + ", ".join(f"{k}: {v:g}" for k, v in
-                  summary["chosen_lr_on_val"].items()) + " on seed 0's val):", ""] + lab.md_table(
-            ["arm", "vs", "split", "seeds", "mean diff", "stderr", "mean/stderr", "+ / −", "verdict"],
-            [[q["arm"], q["vs"], q["split"], q["n_seeds"], fmt_num(100 * q["mean_diff"], "+.1f"),
-              fmt_num(100 * q["stderr"]), fmt_num(q["t"], ".2f"), f"{q['wins']} / {q['losses']}", q["verdict"]]
-             for q in summary["curve_paired"]])
+                  summary["chosen_lr_on_val"].items()) + " on seed 0's val):", ""] + pair_table(
+            summary["curve_paired"], verdict=True)
     if summary.get("curve_same_multiple"):
-        lines += ["", "Descriptive (not registered): both arms at the same other multiple:", ""] + lab.md_table(
-            ["arm", "vs", "split", "seeds", "mean diff", "stderr", "mean/stderr", "+ / −"],
-            [[q["arm"], q["vs"], q["split"], q["n_seeds"], fmt_num(100 * q["mean_diff"], "+.1f"),
-              fmt_num(100 * q["stderr"]), fmt_num(q["t"], ".2f"), f"{q['wins']} / {q['losses']}"]
-             for q in summary["curve_same_multiple"]])
+        lines += ["", "Descriptive (not registered): both arms at the same other multiple:", ""] + pair_table(
+            summary["curve_same_multiple"])
     write_text(os.path.join(cfg.out_dir, "separator.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
